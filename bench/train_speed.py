@@ -1,0 +1,102 @@
+"""`python -m picogpt.bench.train_speed`: training tokens/s of picogpt-train vs a nanoGPT step.
+
+The nanoGPT baseline is the same Block code run the way nanoGPT's train.py runs it on a CPU:
+one 128-character window per row, `nn.Linear` (addmm), AdamW without the fused kernel, and
+glibc's default allocator settings. Each engine runs in its own process, interleaved A B A B,
+and the medians of the rounds are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import click
+
+
+def _measure(engine: str, batch_size: int, threads: int, steps: int, warmup: int) -> float:
+    """Run in a fresh process: tokens/s of `steps` training steps after `warmup`."""
+    import torch
+    import torch.nn as nn
+
+    from picogpt.config import GPTConfig
+    from picogpt.model import GPT, Linear
+    from picogpt.train import TrainConfig, make_optimizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = GPTConfig()
+    model = GPT(cfg)
+    if engine == "nanogpt":
+        for m in model.modules():
+            if type(m) is Linear:
+                m.__class__ = nn.Linear  # nanoGPT's plain addmm linears
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=False)
+        n = cfg.context_len
+        idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
+        tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
+
+        def loss_fn() -> torch.Tensor:
+            hidden, _ = model.run_blocks(model.transformer.wte(idx), 0)
+            logits = model.lm_head(hidden)
+            return nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
+    else:
+        from picogpt.malloc import keep_heap_memory
+        from picogpt.train import StepRunner
+
+        keep_heap_memory()
+        torch.set_num_threads(1)  # threads become data-parallel workers, as picogpt-train does
+        runner = StepRunner(model, threads)
+        optimizer = make_optimizer(model, TrainConfig())
+        n = TrainConfig.seq_windows * cfg.context_len
+        idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
+        tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
+
+        def loss_fn() -> torch.Tensor:
+            runner(idx, tgt)
+            return torch.zeros((), requires_grad=True)  # gradients are already in .grad
+
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return batch_size * n / statistics.median(times)
+
+
+@click.command()
+@click.option("--batch-size", default=12, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--tokens", default=60_000, show_default=True, help="Tokens timed per engine per round.")
+@click.option("--engine", type=click.Choice(["nanogpt", "picogpt"]), default=None, hidden=True)
+def main(batch_size: int, threads: int, rounds: int, tokens: int, engine: str | None) -> None:
+    """Compare training throughput (tokens/s), each engine in its own process, interleaved."""
+    if engine:  # child process
+        per_step = batch_size * 128 * (1 if engine == "nanogpt" else 10)
+        steps = max(3, tokens // per_step)
+        print(json.dumps({"tok_s": _measure(engine, batch_size, threads, steps, warmup=max(2, steps // 3))}))
+        return
+    results: dict[str, list[float]] = {"nanogpt": [], "picogpt": []}
+    for r in range(rounds):
+        for name in results:
+            out = subprocess.run([sys.executable, "-m", "picogpt.bench.train_speed", "--engine", name,
+                                  "--batch-size", str(batch_size), "--threads", str(threads), "--tokens", str(tokens)],
+                                 capture_output=True, text=True, check=True)
+            results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
+            print(f"round {r + 1}: {name:8s} {results[name][-1]:8,.0f} tok/s", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"median tok/s at batch {batch_size}, {threads} threads: nanoGPT {med['nanogpt']:,.0f}  "
+          f"picogpt {med['picogpt']:,.0f}  ratio {med['picogpt'] / med['nanogpt']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

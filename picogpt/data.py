@@ -1,0 +1,266 @@
+"""Training data: a local text file or tinyshakespeare (downloaded once, cached, verified),
+and Wikipedia streamed with Hugging Face `datasets` in bounded memory.
+
+Everything here is numpy; `picogpt.train` turns batches into tensors. A batch is
+`x, y` of shape [B, N] with y = x shifted by one character, N = windows * context_len.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from picogpt.errors import PicoError
+from picogpt.tokenizer import CharTokenizer
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_CHARS = 1_115_394
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSHAKESPEARE_FILE = "tinyshakespeare.txt"
+
+
+def cache_dir() -> Path:
+    """Where downloads are kept: $XDG_CACHE_HOME/picogpt or ~/.cache/picogpt."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "picogpt"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def find_tinyshakespeare(download: bool = True) -> Path:
+    """$PICOGPT_DATA/tinyshakespeare.txt, else the cache, else download into the cache (verified)."""
+    env = os.environ.get("PICOGPT_DATA")
+    if env:
+        candidate = Path(env) / TINYSHAKESPEARE_FILE
+        if candidate.is_file():
+            return candidate
+    cached = cache_dir() / TINYSHAKESPEARE_FILE
+    if cached.is_file() and _sha256(cached) == TINYSHAKESPEARE_SHA256:
+        return cached
+    if not download:
+        raise PicoError("tinyshakespeare not found: pass --data PATH or set PICOGPT_DATA to its folder")
+    return _download_tinyshakespeare(cached)
+
+
+def _download_tinyshakespeare(dest: Path) -> Path:
+    print(f"downloading tinyshakespeare from {TINYSHAKESPEARE_URL} ...", flush=True)
+    try:
+        with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as resp:
+            payload = resp.read()
+    except OSError as exc:
+        raise PicoError(
+            f"could not download tinyshakespeare ({exc}); pass --data PATH to a local copy "
+            "or set PICOGPT_DATA to the folder holding tinyshakespeare.txt"
+        ) from None
+    text = payload.decode("utf-8", errors="replace")
+    digest = hashlib.sha256(payload).hexdigest()
+    if len(text) != TINYSHAKESPEARE_CHARS or digest != TINYSHAKESPEARE_SHA256:
+        raise PicoError(f"downloaded tinyshakespeare is damaged ({len(text)} chars, sha256 {digest[:12]}...)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, dest)  # atomic: a half-written cache file is never seen
+    return dest
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file, refusing missing, empty and binary files with a clear message."""
+    p = Path(path)
+    if not p.is_file():
+        raise PicoError(f"data file not found: {p}")
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise PicoError(f"data file is empty: {p}")
+    if b"\x00" in raw[:65536]:
+        raise PicoError(f"data file looks binary, not UTF-8 text: {p}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PicoError(f"data file is not valid UTF-8 text ({p}: byte {exc.start})") from None
+
+
+def encode_array(text: str, tokenizer: CharTokenizer) -> tuple[np.ndarray, int]:
+    """Text -> uint8 id array (all ids < 256) and the number of unknown characters."""
+    enc = tokenizer.encode_counted(text)
+    return np.asarray(enc.ids, dtype=np.uint8), enc.unknown
+
+
+class TokenData:
+    """An in-memory (or memmapped) id array split 90% train / 10% val, sampled at random offsets."""
+
+    def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float = 0.1, name: str = "text") -> None:
+        n_val = int(len(ids) * val_fraction)
+        self.train, self.val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        self.seq_len = seq_len
+        need = seq_len + 1
+        if len(self.train) < need or len(self.val) < need:
+            raise PicoError(
+                f"{name} is too short: {len(ids):,} characters give {len(self.train):,} train / {len(self.val):,} "
+                f"val, but one training sequence needs {need:,} in each (lower --seq-windows or use more text)"
+            )
+
+    def batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        data = self.train if split == "train" else self.val
+        starts = rng.integers(0, len(data) - self.seq_len, size=batch_size)
+        rows = np.asarray(data[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, name: str) -> tuple[TokenData, int]:
+    """Text file (or tinyshakespeare, found or downloaded) -> TokenData, unknown-char count.
+
+    A `.bin` file written by `picogpt-prepare` is memory-mapped instead of re-encoded.
+    """
+    if path is not None and str(path).endswith(".bin"):
+        if not Path(path).is_file():
+            raise PicoError(f"data file not found: {path}")
+        return TokenData(np.memmap(path, dtype=np.uint8, mode="r"), seq_len, name=name), 0
+    if path is None:
+        path = str(find_tinyshakespeare())
+    ids, unknown = encode_array(read_text_file(path), tokenizer)
+    return TokenData(ids, seq_len, name=str(path)), unknown
+
+
+# ---- Wikipedia, streamed ---------------------------------------------------------------------
+
+WIKI_DEFAULT_NAME = "wikimedia/wikipedia"
+WIKI_DEFAULT_CONFIG = "20231101.en"
+
+
+def is_val_article(article_id: str, val_percent: float) -> bool:
+    """Deterministic train/val split by article: a stable hash of the id, not the stream order."""
+    return zlib.crc32(str(article_id).encode("utf-8")) % 10_000 < val_percent * 100
+
+
+def open_article_stream(name: str, config: str | None, data_files: str | None):
+    """A streaming `datasets.IterableDataset` of articles (`id, url, title, text`).
+
+    With `data_files` (a glob of local .parquet / .json / .jsonl files of Wikipedia's schema)
+    the same streaming code path reads them instead of the hub.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise PicoError("the wikipedia dataset needs the `datasets` package: pip install 'picogpt[train]'") from None
+    datasets.logging.set_verbosity_error()
+    try:
+        if data_files:
+            import glob
+
+            files = sorted(glob.glob(data_files))
+            if not files:
+                raise PicoError(f"--data-files matched no files: {data_files}")
+            builder = "parquet" if files[0].endswith(".parquet") else "json"
+            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(name, config, split="train", streaming=True)
+    except PicoError:
+        raise
+    except Exception as exc:  # network, missing config, schema: one line for the user
+        raise PicoError(f"could not open dataset {data_files or name}: {str(exc).splitlines()[0][:200]}") from None
+    missing = {"id", "text"} - set(ds.column_names or ["id", "text"])
+    if missing:
+        raise PicoError(f"dataset lacks Wikipedia's columns {sorted(missing)} (need id, url, title, text)")
+    return ds
+
+
+class WikipediaData:
+    """Sequences of seq_len+1 characters cut at random offsets inside articles, in bounded memory.
+
+    Articles stream in order; each long-enough article yields up to `per_article` sequences
+    into a fixed-size shuffle buffer, so memory stays at about buffer * seq_len bytes whatever
+    the corpus size. Validation uses fixed sequences from the held-out articles.
+    """
+
+    def __init__(
+        self,
+        tokenizer: CharTokenizer,
+        seq_len: int,
+        seed: int,
+        name: str = WIKI_DEFAULT_NAME,
+        config: str | None = WIKI_DEFAULT_CONFIG,
+        data_files: str | None = None,
+        val_percent: float = 1.0,
+        buffer_size: int = 2048,
+    ) -> None:
+        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.source = (name, config, data_files)
+        self.val_percent, self.buffer_size = val_percent, buffer_size
+        self.rng = np.random.default_rng(seed)
+        self._train_iter = self._sequences(val=False, rng=np.random.default_rng(seed + 1))
+        self._val_cache: list[np.ndarray] = []
+
+    def _sequences(self, val: bool, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        need = self.seq_len + 1
+        while True:  # epochs
+            produced = 0
+            for article in open_article_stream(*self.source):
+                if is_val_article(article["id"], self.val_percent) != val:
+                    continue
+                text = article.get("text") or ""
+                if len(text) < need:
+                    continue
+                ids = np.asarray(self.tokenizer.encode(text), dtype=np.uint8)
+                for _ in range(max(1, min(8, len(ids) // need))):
+                    start = int(rng.integers(0, len(ids) - need + 1))
+                    produced += 1
+                    yield ids[start : start + need].astype(np.int64)
+            if produced == 0:
+                split = "validation" if val else "training"
+                raise PicoError(f"no {split} article is longer than one training sequence ({need} chars)")
+
+    def _train_rows(self, n: int) -> np.ndarray:
+        buf: list[np.ndarray] = getattr(self, "_buffer", [])
+        while len(buf) < self.buffer_size:
+            buf.append(next(self._train_iter))
+            if len(buf) >= self.buffer_size or len(buf) >= 4 * n:
+                break
+        picks = sorted(self.rng.choice(len(buf), size=min(n, len(buf)), replace=False), reverse=True)
+        rows = [buf.pop(i) for i in picks]
+        while len(rows) < n:  # tiny corpora: the buffer holds fewer than a batch
+            rows.append(next(self._train_iter))
+        self._buffer = buf
+        return np.stack(rows)
+
+    def batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if split == "train":
+            rows = self._train_rows(batch_size)
+        else:
+            # a fixed pool of held-out sequences; `rng` picks among them deterministically
+            if not self._val_cache:
+                it = self._sequences(val=True, rng=np.random.default_rng(self.seed + 2))
+                self._val_cache = [next(it) for _ in range(max(64, batch_size))]
+            rows = np.stack([self._val_cache[i] for i in rng.integers(0, len(self._val_cache), size=batch_size)])
+        return rows[:, :-1], rows[:, 1:]
+
+
+def open_data(
+    dataset: str,
+    tokenizer: CharTokenizer,
+    seq_len: int,
+    seed: int,
+    data_path: str | None = None,
+    data_files: str | None = None,
+    wiki_name: str = WIKI_DEFAULT_NAME,
+    wiki_config: str | None = WIKI_DEFAULT_CONFIG,
+    val_percent: float = 1.0,
+    warn=print,
+) -> TokenData | WikipediaData:
+    """The one place that turns the CLI's data flags into a batch source."""
+    if dataset == "wikipedia":
+        return WikipediaData(tokenizer, seq_len, seed, wiki_name, wiki_config, data_files, val_percent)
+    if dataset == "text" and data_path is None:
+        raise PicoError("--dataset text needs --data PATH")
+    data, unknown = load_token_data(data_path, tokenizer, seq_len, dataset)
+    if unknown:
+        warn(f"warning: {unknown:,} characters are not in the vocabulary and were mapped to <?>")
+    return data

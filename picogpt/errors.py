@@ -1,0 +1,35 @@
+"""One exception type for user-facing failures, and the CLI wrapper that prints it as one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PicoError(Exception):
+    """A failure caused by the user's input or environment: printed as one line, exit code 1."""
+
+
+def cli_errors(func: F) -> F:
+    """Turn PicoError (and Ctrl-C) into a one-line message on stderr and a non-zero exit.
+
+    Click already handles its own usage errors (exit 2); everything the user can cause
+    beyond that is raised as PicoError deep inside and reported here without a traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PicoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,286 @@
+"""The PicoGPT model: nanoGPT's transformer plus a context vector carried between windows.
+
+Text is cut into windows of `context_len` characters, aligned from the start of the
+sequence. Each window is fed as `[slot, c_1 .. c_T]`: the slot's input embedding is the
+context vector, the mean of the previous window's final-LayerNorm hidden states (slot
+included), or zeros for the first window. Attention is causal inside a window; windows only
+talk through the slot. Position j of a window (1..T) predicts the character after c_j, so the
+slot's own output is never scored and every target is counted exactly once.
+
+Three entry points that agree (tests check it):
+  * `forward_window`  one window, no cache;
+  * `forward`         a whole sequence, windows chained, with the training loss;
+  * `decode`          incremental, with a KV cache and a running sum of `ln_f` outputs,
+                      O(1) work per new token; `generate` is built on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from picogpt.config import GPTConfig
+from picogpt.sampling import Sampler, SamplingConfig
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean mask aligned bottom-right: query i (the newest q_len of k_len) sees keys <= its own position.
+
+    `scaled_dot_product_attention(is_causal=True)` aligns top-left, which is wrong as soon as
+    a KV cache makes k_len > q_len, so with a cache the mask is built explicitly.
+    """
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+class Linear(nn.Linear):
+    """nn.Linear computed as a matmul plus an in-place bias add.
+
+    Same parameters and names as nn.Linear; on this class of CPU, `addmm` (what F.linear
+    uses with a bias) measured ~1.5x slower than `mm` followed by a broadcast add.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight.t())
+        return y.add_(self.bias) if self.bias is not None else y
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        drop = self.dropout if self.training else 0.0
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2), x.device), dropout_p=drop)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+@dataclass
+class DecodeState:
+    """Everything `GPT.decode` carries between calls, for a batch of streams in lockstep.
+
+    `pos` counts the positions already filled in the current window (slot included);
+    `hidden_sum` is the running sum of their `ln_f` outputs, so the next window's context
+    vector is `hidden_sum / pos` without recomputing anything.
+    """
+
+    context: torch.Tensor  # [B, E] this window's context vector
+    hidden_sum: torch.Tensor  # [B, E]
+    past: KVCache | None = None
+    pos: int = 0
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in nanoGPT
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections keeps the residual stream's variance flat.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):  # includes our Linear
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_positions: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_positions else n - self.transformer.wpe.weight.numel()
+
+    # ---- the shared core -------------------------------------------------------------
+    def run_blocks(
+        self, x: torch.Tensor, start_pos: int, past: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Input embeddings [B,T,E] at window positions start_pos.. -> ln_f hidden states, new cache."""
+        pos = torch.arange(start_pos, start_pos + x.size(1), device=x.device)
+        x = self.transformer.drop(x + self.transformer.wpe(pos))
+        presents: KVCache = []
+        for i, block in enumerate(self.transformer.h):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        return self.transformer.ln_f(x), presents
+
+    def zero_context(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, self.config.n_embd, device=self.lm_head.weight.device)
+
+    # ---- (a) one window ------------------------------------------------------------------
+    def forward_window(self, idx: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One window: idx [B,T<=context_len], context [B,E] -> logits [B,T,V] and hidden [B,T+1,E].
+
+        logits[:, j] predicts the character after idx[:, j]; hidden includes the slot (row 0).
+        """
+        if idx.size(1) > self.config.context_len:
+            raise ValueError(f"window of {idx.size(1)} > context_len {self.config.context_len}")
+        x = torch.cat([context[:, None, :], self.transformer.wte(idx)], dim=1)
+        hidden, _ = self.run_blocks(x, 0)
+        return self.lm_head(hidden[:, 1:]), hidden
+
+    # ---- (b) a whole sequence ---------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sequence idx [B,N] of any length, windows chained -> logits [B,N,V], mean CE loss.
+
+        The loss averages the cross-entropy of every target exactly once (B*N terms).
+        Gradients flow through the whole chain of context vectors.
+        """
+        logits = torch.cat([w for w, _ in self.iter_windows(idx, context)], dim=1)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def iter_windows(self, idx: torch.Tensor, context: torch.Tensor | None = None, carry: bool = True):
+        """Yield (logits, hidden) per window; `carry=False` zeroes every context vector (ablation)."""
+        ctx = self.zero_context(idx.size(0)) if context is None else context
+        for start in range(0, idx.size(1), self.config.context_len):
+            logits, hidden = self.forward_window(idx[:, start : start + self.config.context_len], ctx)
+            yield logits, hidden
+            ctx = hidden.mean(dim=1) if carry else torch.zeros_like(ctx)
+
+    # ---- (c) incremental decode ---------------------------------------------------------------
+    def new_state(self, batch: int = 1, context: torch.Tensor | None = None) -> DecodeState:
+        ctx = self.zero_context(batch) if context is None else context
+        return DecodeState(context=ctx, hidden_sum=torch.zeros_like(ctx))
+
+    def decode(self, idx: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """Feed new ids [B,T] (T>=1) after `state`; return the logits [B,V] for the next id.
+
+        Crosses window boundaries as needed: when a window is full, the next one starts with
+        the slot whose embedding is the mean `hidden_sum / pos` of the finished window.
+        """
+        cfg = self.config
+        i, T = 0, idx.size(1)
+        last_hidden = None
+        while i < T:
+            if state.pos == cfg.n_positions:  # window full: roll the context vector over
+                ctx = state.hidden_sum / state.pos
+                state = DecodeState(context=ctx, hidden_sum=torch.zeros_like(ctx))
+            take = min(cfg.n_positions - max(state.pos, 1), T - i)
+            x = self.transformer.wte(idx[:, i : i + take])
+            if state.pos == 0:
+                x = torch.cat([state.context[:, None, :], x], dim=1)
+            hidden, past = self.run_blocks(x, state.pos, state.past)
+            state = DecodeState(state.context, state.hidden_sum + hidden.sum(dim=1), past, state.pos + x.size(1))
+            last_hidden = hidden[:, -1]
+            i += take
+        if last_hidden is None:
+            raise ValueError("decode needs at least one new id")
+        return self.lm_head(last_hidden), state
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: list[int] | list[list[int]],
+        max_new_tokens: int,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        """Sample `max_new_tokens` ids after each prompt (one list or a batch of equal-length lists).
+
+        O(1) work per new token: one cached decode step each, never recomputing the text.
+        The sampler is the numpy one the ONNX runtime uses, so both give the same text.
+        """
+        single = not prompt_ids or isinstance(prompt_ids[0], int)
+        batch = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
+        if len({len(p) for p in batch}) != 1 or not batch[0]:
+            raise ValueError("prompts must be non-empty and of equal length")
+        sampler = Sampler(sampling or SamplingConfig(), self.config.vocab_size, seed=seed)
+        idx = torch.tensor(batch, dtype=torch.long, device=self.lm_head.weight.device)
+        sampler.observe(np.asarray(batch))
+        logits, state = self.decode(idx, self.new_state(len(batch)))
+        out: list[list[int]] = [[] for _ in batch]
+        for step in range(max_new_tokens):
+            nxt = sampler.sample(logits.float().cpu().numpy())
+            for row, t in zip(out, nxt):
+                row.append(int(t))
+            if step + 1 < max_new_tokens:
+                logits, state = self.decode(torch.from_numpy(nxt[:, None]).to(idx.device), state)
+        return out

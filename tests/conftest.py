@@ -1,0 +1,51 @@
+"""Shared fixtures: a small synthetic corpus and the tiny model shape the CLI tests train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A tiny model: 2 layers, 32 wide, windows of 16 characters (the real config is tested where it matters).
+TINY = ["--context-len", "16", "--n-layer", "2", "--n-head", "2", "--n-embd", "32"]
+
+
+def make_corpus(n_chars: int = 40_000, seed: int = 0) -> str:
+    """Deterministic, learnable text: sentences from a small vocabulary of words."""
+    import random
+
+    rnd = random.Random(seed)
+    words = ["the", "king", "queen", "speaks", "to", "his", "her", "noble", "friend", "and", "then", "goes",
+             "home", "rome", "verona", "love", "night", "day", "sword", "crown"]
+    out, size = [], 0
+    while size < n_chars:
+        line = " ".join(rnd.choice(words) for _ in range(rnd.randint(4, 9))).capitalize() + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a picogpt CLI the way a user does (its own process), capturing output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    """Bad input: non-zero exit, no traceback, one `error:` line that says what is wrong."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert fragment.lower() in errors[0].lower(), errors[0]

@@ -1,0 +1,135 @@
+"""`picogpt-train` driven as a user drives it: a tiny model, real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, run_cli
+
+FAST = [*TINY, "--batch-size", "4", "--seq-windows", "3", "--eval-iters", "2", "--quiet", "--no-report"]
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_log_plot_checkpoint_and_learns(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
+                   "--max-iters", "60", "--eval-interval", "20", "--lr", "3e-3", "--warmup-iters", "5",
+                   "--threads", "2", *FAST[:-1])
+    assert proc.returncode == 0, proc.stderr
+    recs = log_records(out)
+    assert [r["step"] for r in recs] == [0, 20, 40, 60]
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"] - 1.0  # it learns the synthetic corpus
+    assert all(r["tokens_per_s"] >= 0 and r["elapsed_s"] >= 0 for r in recs)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 60 and ckpt["config"]["context_len"] == 16
+    # the end-of-run report: per-window val loss with the carried vs zeroed context vector
+    assert "carried" in proc.stdout and "zeroed" in proc.stdout
+    assert len([ln for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]) == 3
+
+
+def test_interrupted_run_resumes_to_the_same_losses(corpus_file: Path, tmp_path: Path) -> None:
+    args = ["--dataset", "text", "--data", str(corpus_file), "--max-iters", "24", "--eval-interval", "4",
+            "--threads", "2", *FAST]
+    full = tmp_path / "full"
+    assert run_cli("picogpt.train", *args, "--out", str(full)).returncode == 0
+
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, "-m", "picogpt.train", *args, "--out", str(part)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # interrupt once the run is under way (a few evals logged)
+        if (part / "log.jsonl").exists() and len(log_records(part)) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    stopped_at = torch.load(part / "ckpt.pt", weights_only=True)["step"]
+    assert 0 < stopped_at < 24, stdout
+    assert "--resume" in stdout
+
+    assert run_cli("picogpt.train", *args, "--out", str(part), "--resume").returncode == 0
+    by_step_full = {r["step"]: r["val_loss"] for r in log_records(full)}
+    by_step_part = {r["step"]: r["val_loss"] for r in log_records(part)}
+    assert max(by_step_part) == 24
+    for step, loss in by_step_part.items():
+        assert loss == pytest.approx(by_step_full[step], abs=1e-5), step
+
+
+def test_wikipedia_training_from_local_parquet(tmp_path: Path) -> None:
+    from test_data import wiki_rows, write_parquet
+
+    write_parquet(tmp_path / "wiki.parquet", wiki_rows(80))
+    out = tmp_path / "wiki-run"
+    proc = run_cli("picogpt.train", "--dataset", "wikipedia", "--data-files", str(tmp_path / "*.parquet"),
+                   "--val-percent", "20", "--out", str(out), "--max-iters", "4", "--eval-interval", "2",
+                   "--threads", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["step"] for r in log_records(out)] == [0, 2, 4]
+
+
+def test_bad_inputs_fail_cleanly(corpus_file: Path, tmp_path: Path) -> None:
+    base = ["--dataset", "text", "--max-iters", "2", *FAST]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(bytes(range(256)) * 10)
+    short = tmp_path / "short.txt"
+    short.write_text("tiny text\n")
+    cases = [
+        (["--data", str(tmp_path / "nope.txt")], "not found"),
+        (["--data", str(empty)], "empty"),
+        (["--data", str(binary)], "binary"),
+        (["--data", str(short)], "too short"),
+        (["--data", str(corpus_file), "--batch-size", "0"], "--batch-size"),
+        (["--data", str(corpus_file), "--threads", "0"], "--threads"),
+        (["--data", str(corpus_file), "--resume", "--out", str(tmp_path / "fresh")], "checkpoint not found"),
+        (["--data", str(corpus_file), "--out", str(corpus_file / "sub")], "not writable"),
+    ]
+    for extra, fragment in cases:
+        assert_one_line_error(run_cli("picogpt.train", *base, *extra), fragment)
+
+
+def test_resume_refuses_truncated_or_foreign_checkpoints(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--dataset", "text", "--data", str(corpus_file), "--out", str(out), "--max-iters", "2", *FAST]
+    assert run_cli("picogpt.train", *args).returncode == 0
+    good = (out / "ckpt.pt").read_bytes()
+    # another model shape
+    other = [a if a != "32" else "48" for a in args]
+    assert_one_line_error(run_cli("picogpt.train", *other, "--resume"), "another model config")
+    # truncated
+    (out / "ckpt.pt").write_bytes(good[: len(good) // 2])
+    assert_one_line_error(run_cli("picogpt.train", *args, "--resume"), "corrupt or truncated")
+
+
+def test_eval_cli_reports_windows(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--dataset", "text", "--data", str(corpus_file), "--out", str(out), "--max-iters", "2", *FAST]
+    assert run_cli("picogpt.train", *args).returncode == 0
+    proc = run_cli("picogpt.evaluate", str(out / "ckpt.pt"), "--data", str(corpus_file), "--batches", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "carried" in proc.stdout and "mean" in proc.stdout
+    assert_one_line_error(run_cli("picogpt.evaluate", str(tmp_path / "missing.pt")), "not found")
+
+
+@pytest.mark.skipif(not os.environ.get("PICOGPT_DATA"), reason="needs PICOGPT_DATA with tinyshakespeare.txt")
+def test_tinyshakespeare_default_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "ts"
+    proc = run_cli("picogpt.train", "--out", str(out), "--max-iters", "2", "--eval-interval", "2", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["step"] for r in log_records(out)] == [0, 2]
