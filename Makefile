@@ -8,7 +8,13 @@ DEMO_DIR ?= runs/demo
 RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --ignore E741,B008,B905 \
 	--config "lint.isort.known-first-party=['picogpt','conftest']"
 
-.PHONY: demo test lint install pretrained clean
+.PHONY: demo test lint install pretrained clean check-torch-free
+
+# The bundled model's recipe (see README): tinyshakespeare, batch 8, cosine over PRETRAINED_ITERS steps,
+# capped at PRETRAINED_MINUTES of wall time, exported dynamic int8 into the package.
+PRETRAINED_ITERS   ?= 1200
+PRETRAINED_MINUTES ?= 95
+PRETRAINED_DIR     ?= runs/pretrained
 
 install: $(VENV)/.installed
 
@@ -20,14 +26,35 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $@
 
+# Train briefly (2 minutes) -> export int8 (verified against torch) -> generate -> benchmark.
 demo: install
-	$(BIN)/picogpt-train --max-minutes 2 --eval-interval 10 --out $(DEMO_DIR)
+	$(BIN)/picogpt-train --max-minutes 2 --eval-interval 25 --out $(DEMO_DIR)
+	$(BIN)/picogpt-export $(DEMO_DIR)/ckpt.pt -o $(DEMO_DIR)/model.onnx --quantize int8
+	$(BIN)/picogpt-run -m $(DEMO_DIR)/model.onnx --prompt "ROMEO:" --max-new-tokens 300 --seed 0 --stats
+	$(BIN)/picogpt-bench $(DEMO_DIR)/ckpt.pt --quick --markdown $(DEMO_DIR)/bench.md
 
 lint: install
 	$(BIN)/ruff check $(RUFF_FLAGS) picogpt export runtime bench tests
 
 test: install lint
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) check-torch-free
+
+# The runtime on a base install (onnxruntime + numpy + click): a second venv without torch.
+NOTORCH := $(CURDIR)/.venv-notorch
+check-torch-free:
+	rm -rf $(NOTORCH)
+	$(PYTHON) -m venv $(NOTORCH)
+	$(NOTORCH)/bin/pip install --quiet .
+	@if $(NOTORCH)/bin/python -c "import torch" 2>/dev/null; then echo "torch is importable in the base install"; exit 1; fi
+	cd /tmp && $(NOTORCH)/bin/picogpt-run --verify
+	cd /tmp && $(NOTORCH)/bin/picogpt-run --prompt "ROMEO:" --max-new-tokens 200 --seed 0 --stats
+	@echo "torch-free runtime: OK"
+
+pretrained: install
+	$(BIN)/picogpt-train --out $(PRETRAINED_DIR) --batch-size 8 --lr 2e-3 --warmup-iters 50 \
+		--max-iters $(PRETRAINED_ITERS) --max-minutes $(PRETRAINED_MINUTES) --eval-interval 50 --quiet
+	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(NOTORCH) runs build *.egg-info

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from picogpt.config import GPTConfig
 from picogpt.sampling import Sampler, SamplingConfig
+from picogpt.windows import plan_chunks
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -236,21 +237,17 @@ class GPT(nn.Module):
         Crosses window boundaries as needed: when a window is full, the next one starts with
         the slot whose embedding is the mean `hidden_sum / pos` of the finished window.
         """
-        cfg = self.config
-        i, T = 0, idx.size(1)
         last_hidden = None
-        while i < T:
-            if state.pos == cfg.n_positions:  # window full: roll the context vector over
+        for chunk in plan_chunks(state.pos, idx.size(1), self.config.context_len):
+            if chunk.roll_over:
                 ctx = state.hidden_sum / state.pos
                 state = DecodeState(context=ctx, hidden_sum=torch.zeros_like(ctx))
-            take = min(cfg.n_positions - max(state.pos, 1), T - i)
-            x = self.transformer.wte(idx[:, i : i + take])
-            if state.pos == 0:
+            x = self.transformer.wte(idx[:, chunk.start : chunk.start + chunk.take])
+            if chunk.with_slot:
                 x = torch.cat([state.context[:, None, :], x], dim=1)
-            hidden, past = self.run_blocks(x, state.pos, state.past)
-            state = DecodeState(state.context, state.hidden_sum + hidden.sum(dim=1), past, state.pos + x.size(1))
+            hidden, past = self.run_blocks(x, chunk.pos, state.past)
+            state = DecodeState(state.context, state.hidden_sum + hidden.sum(dim=1), past, chunk.pos + x.size(1))
             last_hidden = hidden[:, -1]
-            i += take
         if last_hidden is None:
             raise ValueError("decode needs at least one new id")
         return self.lm_head(last_hidden), state

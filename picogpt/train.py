@@ -37,9 +37,11 @@ class TrainConfig:
     """Everything that decides the trajectory of a run (stored in the checkpoint)."""
 
     dataset: str = "tinyshakespeare"
-    batch_size: int = 12
+    # Small batches, a high rate: on a 2-core CPU the early loss falls with the number of steps
+    # (batch 4 reached 2.07 val in 10 min where batch 12 was still at 2.40).
+    batch_size: int = 4
     seq_windows: int = 10
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_iters: int = 20
     max_iters: int = 5000
@@ -47,7 +49,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    eval_interval: int = 25
+    eval_interval: int = 50
     eval_iters: int = 8
     seed: int = 1337
 

@@ -13,6 +13,15 @@ import pytest
 TINY = ["--context-len", "16", "--n-layer", "2", "--n-head", "2", "--n-embd", "32"]
 
 
+def _tiny_config():
+    from picogpt.config import GPTConfig
+
+    return GPTConfig(context_len=16, n_layer=2, n_head=2, n_embd=32)
+
+
+TINY_CONFIG = _tiny_config()
+
+
 def make_corpus(n_chars: int = 40_000, seed: int = 0) -> str:
     """Deterministic, learnable text: sentences from a small vocabulary of words."""
     import random
@@ -49,3 +58,36 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     assert fragment.lower() in errors[0].lower(), errors[0]
+
+
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    import torch
+
+    from picogpt.model import GPT
+
+    torch.manual_seed(0)
+    m = GPT(TINY_CONFIG).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+@pytest.fixture(scope="session")
+def exported(random_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny model exported to fp32 ONNX with its metadata (no verification run)."""
+    import onnx
+
+    from picogpt.export.cli import set_metadata
+    from picogpt.export.graph import export_onnx
+    from picogpt.onnx_io import metadata_dict
+    from picogpt.tokenizer import CharTokenizer
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(random_model, path)
+    onnx.checker.check_model(str(path))
+    set_metadata(path, metadata_dict(TINY_CONFIG, CharTokenizer(), "none", 0, None, None))
+    return path

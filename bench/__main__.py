@@ -1,0 +1,3 @@
+from picogpt.bench.cli import main
+
+main()

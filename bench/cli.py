@@ -1,0 +1,192 @@
+"""`picogpt-bench CHECKPOINT`: torch (naive, KV cache) against ONNX Runtime (fp32, int8, int4).
+
+Every engine runs in its own process, interleaved A B C ... A B C over the rounds; the table
+quotes medians (and min-max) of the rounds, the speed-up over both torch baselines, and the
+roofline: achieved ms/token over the floor the box's bandwidth / GEMM rate allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from picogpt.bench.roofline import floor_ms, measure_machine
+from picogpt.bench.system_info import busy_report, machine_report
+from picogpt.errors import PicoError, cli_errors
+
+ORT_ENGINES = {"ort-fp32": "none", "ort-int8": "int8", "ort-int4": "int4"}
+
+
+def have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) -> dict[str, Path]:
+    """engine -> file: the checkpoint for torch, exported/quantized files for ORT."""
+    models: dict[str, Path] = {}
+    if checkpoint is not None and have_torch():
+        models["torch-naive"] = models["torch-kv"] = checkpoint
+    for f in onnx_files:
+        from picogpt.onnx_io import OnnxDecoder
+
+        quant = OnnxDecoder(f).metadata.get("quantization", "none")
+        name = next((e for e, q in ORT_ENGINES.items() if q == quant), f"ort-{quant}")
+        models[name] = f
+    missing = [e for e in ORT_ENGINES if e not in models]
+    if missing and checkpoint is not None and have_torch():
+        click.echo(f"exporting {', '.join(missing)} from {checkpoint} ...", err=True)
+        import onnx
+
+        from picogpt.export.cli import set_metadata
+        from picogpt.export.graph import export_onnx
+        from picogpt.export.loading import load_any_checkpoint
+        from picogpt.export.quantize import quantize
+        from picogpt.onnx_io import metadata_dict
+
+        loaded = load_any_checkpoint(checkpoint)
+        fp32 = work / "fp32.onnx"
+        export_onnx(loaded.model, fp32)
+        onnx.checker.check_model(str(fp32))
+        for engine in missing:
+            q = ORT_ENGINES[engine]
+            path = fp32 if q == "none" else work / f"{q}.onnx"
+            if q != "none":
+                quantize(fp32, path, q)
+            set_metadata(path, metadata_dict(loaded.model.config, loaded.tokenizer, q, loaded.step,
+                                             loaded.val_loss, None))
+            models[engine] = path
+    return models
+
+
+def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int) -> dict:
+    cmd = [sys.executable, "-m", "picogpt.bench.engines", "--engine", engine, "--model", str(model),
+           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise PicoError(f"engine {engine} failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = ["load_s", "prefill_ms", "p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_rss_mb"]
+    s = {k: statistics.median(r[k] for r in runs) for k in keys}
+    s["p50_min"] = min(r["p50_ms"] for r in runs)
+    s["p50_max"] = max(r["p50_ms"] for r in runs)
+    s["size_mb"] = runs[0]["size_mb"]
+    s["rounds"] = len(runs)
+    return s
+
+
+def parse_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PicoError(f"{name} takes a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise PicoError(f"{name} is empty")
+    return values
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.option("--onnx", "onnx_files", type=click.Path(path_type=Path), multiple=True,
+              help="Pre-exported .onnx files (repeatable); missing ORT variants are exported from CHECKPOINT.")
+@click.option("--threads", "threads_text", default="1", show_default=True, help="Sweep, e.g. 1,2.")
+@click.option("--cores", default="", help="Pin every engine to these CPUs (e.g. 0,1) to emulate a small machine.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--tokens", type=click.IntRange(min=10), default=1400, show_default=True,
+              help="Generated per engine per round (>= 1,280 crosses 10 windows).")
+@click.option("--naive-tokens", type=click.IntRange(min=3), default=30, show_default=True,
+              help="torch-naive recomputes 1,280 characters per token: it is timed on fewer tokens.")
+@click.option("--quick", is_flag=True, help="< 60 s: 2 rounds, 300 tokens, 1 thread.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@cli_errors
+def main(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
+         tokens: int, naive_tokens: int, quick: bool, json_path: Path | None, md_path: Path | None,
+         plot_path: Path | None) -> None:
+    """Measure generation latency of torch and ONNX Runtime engines on this machine."""
+    from picogpt.bench.report import print_table, write_markdown, write_plot
+
+    threads = parse_list(threads_text, "--threads")
+    if any(t < 1 for t in threads):
+        raise PicoError(f"--threads must be >= 1, got {threads_text}")
+    if cores:
+        wanted = set(parse_list(cores, "--cores"))
+        available = os.sched_getaffinity(0)
+        if not wanted <= available:
+            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(wanted - available)} "
+                            f"(available: {sorted(available)})")
+    if checkpoint is None and not onnx_files:
+        raise PicoError("give a CHECKPOINT, or --onnx files")
+    for p in [checkpoint, *onnx_files]:
+        if p is not None and not p.is_file():
+            raise PicoError(f"file not found: {p}")
+    if quick:
+        rounds, tokens, naive_tokens, threads = min(rounds, 2), 300, 5, threads[:1]
+    if checkpoint is not None and not have_torch():
+        click.echo("note: torch is not installed; torch engines skipped", err=True)
+    info = machine_report()
+    click.echo(info["text"])
+    busy = busy_report()
+    if busy:
+        click.echo(f"warning: the machine is busy ({busy}); multi-thread figures are unreliable", err=True)
+    work = Path(tempfile.mkdtemp(prefix="picogpt-bench-"))
+    try:
+        models = prepare_models(checkpoint, list(onnx_files), work)
+        machine = measure_machine()
+        click.echo(f"roofline probe (1 core): memory {machine['bandwidth_gbs']:.1f} GB/s, "
+                   f"fp32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s")
+        raw: dict[tuple[str, int], list[dict]] = {}
+        for r in range(rounds):
+            for t in threads:
+                for engine, path in models.items():
+                    n = naive_tokens if engine == "torch-naive" else tokens
+                    raw.setdefault((engine, t), []).append(run_engine(engine, path, t, cores, n))
+            click.echo(f"round {r + 1}/{rounds} done", err=True)
+        rows = build_rows(raw, models, machine)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(rows)
+    result = {"machine": info, "roofline": machine, "busy": busy, "rows": rows}
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+    if md_path:
+        write_markdown(md_path, result)
+    if plot_path:
+        write_plot(plot_path, rows)
+
+
+def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
+    """Medians per engine and thread count, speed-ups and the roofline columns."""
+    from picogpt.bench.report import model_costs
+
+    rows = []
+    for (engine, t), runs in raw.items():
+        row = {"engine": engine, "threads": t, **summarize(runs)}
+        weight_bytes, flops = model_costs(engine, models[engine])
+        mem, comp = floor_ms(weight_bytes, flops, machine)
+        row["floor_ms"] = max(mem, comp)
+        row["bound"] = "memory" if mem >= comp else "compute"
+        row["vs_floor"] = row["p50_ms"] / row["floor_ms"]
+        rows.append(row)
+    for row in rows:
+        for base in ("torch-naive", "torch-kv"):
+            ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]), None)
+            row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
+    return rows
+
+
+if __name__ == "__main__":
+    main()

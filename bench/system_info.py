@@ -1,0 +1,48 @@
+"""What machine the figures come from, and whether anything else is competing for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from picogpt.system import cpu_flags, cpu_model, physical_cores
+
+ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+
+
+def cache_sizes() -> dict[str, str]:
+    sizes = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        name = f"L{level}" + ({"Data": "d", "Instruction": "i"}.get(kind, ""))
+        sizes[name] = size
+    return sizes
+
+
+def machine_report() -> dict:
+    flags = cpu_flags()
+    isa = {f: f in flags for f in ISA}
+    caches = cache_sizes()
+    text = (f"CPU: {cpu_model()} | {os.cpu_count()} logical / {physical_cores()} physical cores | "
+            f"ISA: {', '.join(f for f, on in isa.items() if on) or 'none of ' + '/'.join(ISA)} | "
+            f"caches: {', '.join(f'{k} {v}' for k, v in caches.items()) or 'unknown'}")
+    return {"cpu": cpu_model(), "isa": isa, "caches": caches, "text": text}
+
+
+def busy_report() -> str:
+    """Non-empty when other processes are running: OpenMP spinning then wrecks 2-thread torch figures."""
+    try:
+        running = int(next(ln.split()[1] for ln in Path("/proc/stat").read_text().splitlines()
+                           if ln.startswith("procs_running")))
+    except (OSError, StopIteration, ValueError):
+        running = 1
+    load1 = os.getloadavg()[0]
+    others = running - 1  # this process
+    if others >= 1 or load1 > 0.7:
+        return f"load average {load1:.2f}, {others} other runnable process(es)"
+    return ""

@@ -1,0 +1,3 @@
+from picogpt.export.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""`picogpt-export CHECKPOINT -o model.onnx`: export, verify against torch, quantize, write atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from picogpt.data import find_tinyshakespeare, read_text_file
+from picogpt.errors import PicoError, cli_errors
+from picogpt.export.graph import export_onnx
+from picogpt.export.loading import Loaded, load_any_checkpoint
+from picogpt.export.quantize import METHODS, quantize
+from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
+from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, OnnxDecoder, metadata_dict
+
+AUTO_MAX_NATS = 0.02
+
+
+def verification_ids(loaded: Loaded, data: str | None, windows: int, batch: int) -> tuple[np.ndarray, bool]:
+    """[batch, windows*context_len + 1] ids from the val split (last 10%) of real text, else random ids."""
+    n = windows * loaded.model.config.context_len + 1
+    path = data
+    if path is None:
+        try:
+            path = str(find_tinyshakespeare(download=False))
+        except PicoError:
+            path = None
+    rng = np.random.default_rng(0)
+    if path is not None:
+        text = read_text_file(path)
+        ids = np.asarray(loaded.tokenizer.encode(text[int(len(text) * 0.9) :]), dtype=np.int64)
+        if len(ids) > n:
+            starts = rng.integers(0, len(ids) - n, size=batch)
+            return np.stack([ids[s : s + n] for s in starts]), True
+    click.echo("note: no validation text found (--data); verifying on random ids, no val-loss figure", err=True)
+    return rng.integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
+
+
+def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+
+
+def check_output_path(out: Path) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise PicoError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise PicoError(f"output folder is not writable: {folder}")
+    if out.is_dir():
+        raise PicoError(f"output path is a folder: {out}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
+@click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="none",
+              show_default=True, help="auto: time the candidates here, keep the fastest within 0.02 nats.")
+@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with torch before writing.")
+@click.option("--data", type=str, default=None, help="Text for verification (default: tinyshakespeare if cached).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime threads for verification and timing.")
+@cli_errors
+def main(checkpoint: Path, output: Path, method: str, opset: int, verify: bool, data: str | None,
+         threads: int) -> None:
+    """Export a checkpoint to one self-describing ONNX file (prefill + decode with the context vector)."""
+    import onnx
+    import torch
+
+    check_output_path(output)
+    loaded = load_any_checkpoint(checkpoint)
+    cfg = loaded.model.config
+    click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
+               f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
+    work = Path(tempfile.mkdtemp(prefix=".picogpt-export-", dir=output.parent if str(output.parent) else "."))
+    try:
+        fp32 = work / "fp32.onnx"
+        torch.manual_seed(0)
+        seconds = export_onnx(loaded.model, fp32, opset)
+        onnx.checker.check_model(str(fp32))
+        click.echo(f"exported fp32 graph in {seconds:.1f} s (torch.onnx.export, dynamo, opset {opset})")
+
+        def meta(quant: str, fingerprint: str | None = None) -> dict[str, str]:
+            return metadata_dict(cfg, loaded.tokenizer, quant, loaded.step, loaded.val_loss, fingerprint)
+
+        set_metadata(fp32, meta("none"))
+        candidates = {"none": fp32}
+        wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])
+        for m in wanted:
+            click.echo(f"quantizing: {m} ...")
+            q = work / f"{m}.onnx"
+            quantize(fp32, q, m)
+            set_metadata(q, meta(m))
+            candidates[m] = q
+
+        results: dict[str, Parity] = {}
+        if verify or method == "auto":
+            click.echo("verifying against torch (teacher-forced logits, greedy text, val loss) ...")
+            ids, real = verification_ids(loaded, data, windows=3, batch=2)
+            prompt = loaded.tokenizer.encode(FINGERPRINT_PROMPT)
+            for name, path in candidates.items():
+                r = compare(loaded.model, path, name, ids, real, prompt, greedy_len=320, threads=threads)
+                r.ms_per_step = time_step(OnnxDecoder(path, threads=threads), past=cfg.context_len)
+                results[name] = r
+            click.echo(format_table(list(results.values())))
+            if not results["none"].fp32_ok:
+                r = results["none"]
+                raise PicoError(f"fp32 parity failed: max |dlogit| {r.max_abs_logit:.2e} (limit "
+                                f"{FP32_MAX_LOGIT_DIFF:.0e}), greedy text equal for {r.greedy_equal}/{r.greedy_len}")
+
+        chosen = method
+        if method == "auto":
+            ok = [r for n, r in results.items() if n != "none" and r.val_loss_delta is not None
+                  and r.val_loss_delta <= AUTO_MAX_NATS]
+            if not ok:
+                ok = [r for n, r in results.items() if n != "none" and r.top1_agreement >= 0.98]
+            chosen = min(ok, key=lambda r: r.ms_per_step or 0).name if ok else "none"
+            click.echo(f"auto: chose {chosen} (fastest within {AUTO_MAX_NATS} nats of torch)")
+        final = candidates[chosen]
+        fingerprint = OnnxDecoder(final, threads=threads).greedy(FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
+        set_metadata(final, meta(chosen, fingerprint))
+        onnx.checker.check_model(str(final))
+        os.replace(final, output)  # only a verified file ever appears at the output path
+        click.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, quantization {chosen})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

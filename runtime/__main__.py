@@ -1,0 +1,3 @@
+from picogpt.runtime.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""`picogpt-run`: stream generated text to stdout (onnxruntime + numpy only)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from picogpt.errors import PicoError, cli_errors
+from picogpt.runtime.generator import Generator, StopMatcher
+from picogpt.sampling import SamplingConfig
+
+CHAT_STOP = "</A>"
+
+
+def chat_prompt(question: str) -> str:
+    """The seed's chat format: the question between <Q> tags, then the answer tag."""
+    return f"<Q> {question.strip()} </Q>\n<A>"
+
+
+def stream_to_stdout(gen: Generator, prompt_ids: list[int], max_new: int, sampling: SamplingConfig,
+                     seed: int | None, stops: list[str], state=None) -> tuple[int, float]:
+    """Print one sample as it is produced; returns (tokens generated, seconds)."""
+    matcher = StopMatcher(stops)
+    n, t0 = 0, time.perf_counter()
+    try:
+        for ids in gen.stream_ids(prompt_ids, max_new, sampling, seed, state=state):
+            n += 1
+            piece = matcher.push(gen.tokenizer.decode([int(ids[0])]))
+            if piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            if matcher.stopped:
+                break
+        sys.stdout.write(matcher.flush())
+    finally:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return n, time.perf_counter() - t0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", type=click.Path(path_type=Path), default=None,
+              help="A PicoGPT .onnx file (default: the bundled tinyshakespeare model).")
+@click.option("--prompt", type=str, default=None, help="Prompt text (default: read stdin). Empty = start of a line.")
+@click.option("--max-new-tokens", type=int, default=500, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--num-samples", type=int, default=1, show_default=True)
+@click.option("--interactive", is_flag=True, help="REPL: each line continues the same stream.")
+@click.option("--chat", is_flag=True, help="Wrap prompts as '<Q> ... </Q>\\n<A>' and stop at '</A>'.")
+@click.option("--verify", is_flag=True, help="Check the file's parity fingerprint on this machine, then exit.")
+@click.option("--stats", is_flag=True, help="Print ms/token and tokens/s to stderr.")
+@cli_errors
+def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperature: float, top_k: int | None,
+         top_p: float, repetition_penalty: float, seed: int | None, stop: tuple[str, ...], threads: int,
+         num_samples: int, interactive: bool, chat: bool, verify: bool, stats: bool) -> None:
+    """Generate text with a PicoGPT ONNX model: no torch needed."""
+    t_load = time.perf_counter()
+    gen = Generator(model, threads=threads)
+    load_s = time.perf_counter() - t_load
+    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty).validate(gen.config.vocab_size)
+    if max_new_tokens < 0:
+        raise PicoError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise PicoError(f"--num-samples must be >= 1, got {num_samples}")
+    stops = list(stop) + ([CHAT_STOP] if chat else [])
+    if verify:
+        ok, expected, got = gen.verify()
+        if not ok:
+            raise PicoError(f"parity fingerprint mismatch: expected {expected!r}, got {got!r}")
+        click.echo(f"fingerprint OK: {len(got)} greedy characters match the exporter's")
+        return
+    if interactive:
+        run_repl(gen, max_new_tokens, sampling, seed, stops, chat)
+        return
+    if prompt is None:
+        prompt = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    text = chat_prompt(prompt) if chat else prompt
+    if num_samples > 1:
+        samples = gen.generate(text, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stops,
+                               num_samples)
+        for i, s in enumerate(samples):
+            click.echo(f"--- sample {i + 1} ---\n{s}")
+        return
+    ids = gen.encode_prompt(text)
+    if not chat:  # like nanoGPT's sample.py, the output starts with the prompt itself
+        sys.stdout.write(prompt)
+    n, secs = stream_to_stdout(gen, ids, max_new_tokens, sampling, seed, stops)
+    if stats and n:
+        click.echo(f"load {load_s * 1000:.0f} ms | prompt {len(ids)} chars | {n} tokens in {secs:.3f} s: "
+                   f"{secs / n * 1000:.3f} ms/token, {n / secs:,.0f} tokens/s", err=True)
+
+
+def run_repl(gen: Generator, max_new: int, sampling: SamplingConfig, seed: int | None, stops: list[str],
+             chat: bool) -> None:
+    """Each line the user types is fed after everything so far (the stream and its context vector continue)."""
+    state = gen.decoder.new_state(1)
+    click.echo("picogpt interactive: type a prompt, Enter to generate, Ctrl-D to quit.", err=True)
+    for line in sys.stdin:
+        line = line.rstrip("\n")
+        text = chat_prompt(line) if chat else line + "\n"
+        stream_to_stdout(gen, gen.encode_prompt(text), max_new, sampling, seed, stops, state=state)
+
+
+if __name__ == "__main__":
+    main()

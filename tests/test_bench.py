@@ -1,0 +1,51 @@
+"""`picogpt-bench` driven from the command line on a tiny checkpoint (behaviour, not speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    from test_export import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("bench"), corpus_file)
+
+
+def test_quick_bench_reports_every_engine(tiny_ckpt: Path, tmp_path: Path) -> None:
+    js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    proc = run_cli("picogpt.bench", str(tiny_ckpt), "--quick", "--json", str(js), "--markdown", str(md),
+                   "--plot", str(png), "--cores", "0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(js.read_text())
+    engines = {r["engine"] for r in result["rows"]}
+    assert engines == {"torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4"}
+    for r in result["rows"]:
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 10
+        assert r["floor_ms"] > 0 and r["bound"] in ("memory", "compute")
+    naive = next(r for r in result["rows"] if r["engine"] == "torch-naive")
+    kv = next(r for r in result["rows"] if r["engine"] == "torch-kv")
+    assert naive["p50_ms"] > kv["p50_ms"]  # recomputing 10 windows per token costs more than one cached step
+    assert result["roofline"]["bandwidth_gbs"] > 0 and result["roofline"]["gemm_gflops"] > 0
+    assert "| engine |" in md.read_text() and "CPU:" in proc.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_onnx_only(exported: Path, tmp_path: Path) -> None:
+    js = tmp_path / "b.json"
+    proc = run_cli("picogpt.bench", "--onnx", str(exported), "--quick", "--json", str(js))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["engine"] for r in rows] == ["ort-fp32"] and rows[0]["x_torch-kv"] is None
+
+
+def test_bench_bad_inputs(tmp_path: Path, exported: Path) -> None:
+    assert_one_line_error(run_cli("picogpt.bench", str(tmp_path / "missing.pt")), "not found")
+    assert_one_line_error(run_cli("picogpt.bench", "--onnx", str(exported), "--threads", "0"), "--threads")
+    assert_one_line_error(run_cli("picogpt.bench", "--onnx", str(exported), "--cores", "0,999"), "do not exist")
+    assert_one_line_error(run_cli("picogpt.bench"), "checkpoint")

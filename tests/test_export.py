@@ -1,0 +1,137 @@
+"""`picogpt-export`: the ONNX graph reproduces torch (llama2.c style: reference vs fast, same inputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, TINY_CONFIG, assert_one_line_error, run_cli
+from picogpt.model import GPT
+from picogpt.onnx_io import FINGERPRINT_CHARS, OnnxDecoder
+from picogpt.tokenizer import CharTokenizer
+
+CFG = TINY_CONFIG
+
+
+def test_graph_has_dynamic_axes_and_no_if(exported: Path) -> None:
+    import onnx
+
+    m = onnx.load(str(exported))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+    assert dims["input_ids"] == ["batch", "new"]
+    assert dims["past_key"][3] == "past" and dims["past_key"][1] == "batch"
+    assert "If" not in {n.op_type for n in m.graph.node}
+    assert m.opset_import[0].version >= 17
+
+
+def test_onnx_matches_torch_across_windows_and_batches(random_model: GPT, exported: Path) -> None:
+    dec = OnnxDecoder(exported, threads=1)
+    ids = torch.randint(0, CFG.vocab_size - 8, (3, 4 * CFG.context_len + 5))
+    with torch.no_grad():
+        ref, _ = random_model(ids)
+    state = dec.new_state(3)
+    # a prefill that crosses two window boundaries, then single steps across the next ones
+    logits = dec.feed(ids[:, :40].numpy(), state)
+    assert np.abs(logits - ref[:, 39].numpy()).max() < 1e-4
+    worst = 0.0
+    for t in range(40, ids.shape[1]):
+        logits = dec.feed(ids[:, t : t + 1].numpy(), state)
+        worst = max(worst, float(np.abs(logits - ref[:, t].numpy()).max()))
+    assert worst < 1e-4
+
+
+def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, exported: Path) -> None:
+    dec = OnnxDecoder(exported, threads=1)
+    ids = torch.randint(0, CFG.vocab_size - 8, (2, 2 * CFG.context_len + 3))
+    with torch.no_grad():
+        _, tstate = random_model.decode(ids, random_model.new_state(2))
+    ostate = dec.new_state(2)
+    dec.feed(ids.numpy(), ostate)
+    assert ostate.pos == tstate.pos
+    assert np.allclose(ostate.context, tstate.context.numpy(), atol=1e-5)
+    assert np.allclose(ostate.hidden_sum, tstate.hidden_sum.numpy(), atol=1e-4)
+
+
+def tiny_checkpoint(tmp: Path, corpus: Path) -> Path:
+    out = tmp / "run"
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus), "--out", str(out),
+                   "--max-iters", "30", "--eval-interval", "30", "--batch-size", "4", "--seq-windows", "3",
+                   "--eval-iters", "1", "--lr", "3e-3", "--quiet", "--no-report", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    return out / "ckpt.pt"
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("train"), corpus_file)
+
+
+def test_cli_export_fp32_verifies_and_is_self_describing(trained_ckpt: Path, corpus_file: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file))
+    assert proc.returncode == 0, proc.stderr
+    assert "max|dlogit|" in proc.stdout and "320/320" in proc.stdout
+    dec = OnnxDecoder(out)
+    meta = dec.metadata
+    assert json.loads(meta["config"])["context_len"] == 16
+    assert meta["quantization"] == "none" and meta["step"] == "30"
+    assert CharTokenizer.from_json(meta["tokenizer"]) == CharTokenizer()
+    fp = json.loads(meta["fingerprint"])
+    assert len(fp["greedy"]) == FINGERPRINT_CHARS
+    assert dec.greedy(fp["prompt"], FINGERPRINT_CHARS) == fp["greedy"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / f"{method}.onnx"
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", method,
+                   "--data", str(corpus_file))
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(method + " "))
+    agree = float(row.split()[3].rstrip("%")) / 100
+    delta = float(row.split()[6])
+    assert agree >= 0.9 and abs(delta) < 0.1, row  # the tiny model; the real one is measured in docs/onnx.md
+    assert OnnxDecoder(out).metadata["quantization"] == method
+
+
+def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(trained_ckpt.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"encoder.weight": torch.zeros(3, 3)}, "model_args": {"n_head": 2}}, foreign)
+    out = str(tmp_path / "m.onnx")
+    assert_one_line_error(run_cli("picogpt.export", str(tmp_path / "none.pt"), "-o", out), "not found")
+    assert_one_line_error(run_cli("picogpt.export", str(garbage), "-o", out), "corrupt")
+    assert_one_line_error(run_cli("picogpt.export", str(truncated), "-o", out), "corrupt")
+    assert_one_line_error(run_cli("picogpt.export", str(foreign), "-o", out), "another architecture")
+    assert_one_line_error(run_cli("picogpt.export", str(trained_ckpt), "-o", str(tmp_path / "no" / "m.onnx")),
+                          "does not exist")
+    bad = run_cli("picogpt.export", str(trained_ckpt), "-o", out, "--quantize", "int3")
+    assert bad.returncode == 2 and "int3" in bad.stderr and "Traceback" not in bad.stderr
+    assert not Path(out).exists()
+
+
+def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> None:
+    from picogpt.export.loading import load_any_checkpoint
+
+    sd = {f"_orig_mod.{k}": v for k, v in random_model.state_dict().items()}
+    nano = tmp_path / "ckpt.pt"
+    torch.save({"model": sd, "model_args": {"n_head": CFG.n_head, "n_layer": CFG.n_layer}, "iter_num": 7,
+                "best_val_loss": torch.tensor(1.5)}, nano)
+    loaded = load_any_checkpoint(nano)
+    assert loaded.source == "nanogpt" and loaded.model.config == CFG and loaded.step == 7
+    seed = tmp_path / "log.pkl"
+    torch.save({"best_weight": random_model.state_dict(), "losses": [1.0, 2.0]}, seed)
+    loaded = load_any_checkpoint(seed)
+    assert loaded.source == "picogpt-seed"
+    assert loaded.model.config.context_len == CFG.context_len
+    for a, b in zip(loaded.model.state_dict().values(), random_model.state_dict().values()):
+        assert torch.equal(a, b)
