@@ -54,7 +54,12 @@ def example_inputs(model: GPT, batch: int = 2, new: int = 3, past: int = 2) -> t
 
 def export_onnx(model: GPT, path: str | os.PathLike, opset: int = 18) -> float:
     """Export the decode step to `path` with the dynamo exporter; returns seconds taken."""
+    import logging
+
     from torch.export import Dim
+
+    # the exporter lists every torchvision op it cannot register: noise for a text model
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
     t0 = time.perf_counter()
     step = DecodeStep(model.eval()).eval()

@@ -11,8 +11,12 @@ METHODS = ("int8", "int8-channel", "int4", "int8-block")
 
 def quantize(src: Path, dst: Path, method: str) -> None:
     """Write a quantized copy of `src` to `dst` (metadata is added again by the caller)."""
+    import logging
+
     import onnx
 
+    # onnxruntime's quantizer logs a generic "consider pre-processing" warning on the root logger.
+    logging.getLogger().setLevel(logging.ERROR)
     if method in ("int8", "int8-channel"):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

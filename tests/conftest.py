@@ -62,18 +62,23 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
 
 
 
-@pytest.fixture(scope="session")
-def random_model():
+def random_gpt(config, scale: float, seed: int = 0):
+    """A GPT in eval mode with random, non-trivial weights everywhere (init leaves biases at 0)."""
     import torch
 
     from picogpt.model import GPT
 
-    torch.manual_seed(0)
-    m = GPT(TINY_CONFIG).eval()
+    torch.manual_seed(seed)
+    m = GPT(config).eval()
     with torch.no_grad():
         for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * scale)
     return m
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    return random_gpt(TINY_CONFIG, 0.05)
 
 
 @pytest.fixture(scope="session")

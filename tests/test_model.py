@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import random_gpt
 from picogpt.config import GPTConfig
 from picogpt.model import GPT, causal_mask
 from picogpt.sampling import SamplingConfig
@@ -16,13 +17,7 @@ N = 3 * 8 + 5  # three full windows and a partial fourth
 
 @pytest.fixture()
 def model() -> GPT:
-    torch.manual_seed(0)
-    m = GPT(CFG).eval()
-    # random, non-trivial weights everywhere (init leaves biases and LayerNorm at 0/1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return m
+    return random_gpt(CFG, 0.1)
 
 
 def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
