@@ -81,12 +81,7 @@ def compare(model: GPT, path: Path, name: str, ids: np.ndarray, real_text: bool,
     got = onnx_logits(decoder, inputs)
     agree = float((ref.argmax(-1) == got.argmax(-1)).mean())
     torch_text = model.generate(prompt_ids, greedy_len, SamplingConfig(temperature=0))[0]
-    state = decoder.new_state(1)
-    logits = decoder.feed(np.array([prompt_ids]), state)
-    onnx_text = []
-    for _ in range(greedy_len):
-        onnx_text.append(int(logits[0].argmax()))
-        logits = decoder.feed(np.array([[onnx_text[-1]]]), state)
+    onnx_text = decoder.greedy_ids(prompt_ids, greedy_len)
     same = next((i for i, (a, b) in enumerate(zip(torch_text, onnx_text)) if a != b), greedy_len)
     return Parity(
         name=name, max_abs_logit=float(np.abs(ref - got).max()), top1_agreement=agree, greedy_equal=same,

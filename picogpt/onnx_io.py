@@ -124,16 +124,20 @@ class OnnxDecoder:
             raise PicoError("nothing to feed: at least one token is needed")
         return logits
 
-    def greedy(self, prompt: str, n: int) -> str:
-        """Greedy continuation of `prompt` (one stream): the parity fingerprint's procedure."""
+    def greedy_ids(self, prompt_ids: list[int], n: int) -> list[int]:
+        """Greedy continuation (one stream) of `prompt_ids`: n new ids."""
         state = self.new_state(1)
-        logits = self.feed(np.array([self.tokenizer.encode(prompt)]), state)
-        out = []
+        logits = self.feed(np.array([prompt_ids]), state)
+        out: list[int] = []
         for _ in range(n):
-            nxt = int(logits[0].argmax())
-            out.append(nxt)
-            logits = self.feed(np.array([[nxt]]), state)
-        return self.tokenizer.decode(out)
+            out.append(int(logits[0].argmax()))
+            if len(out) < n:
+                logits = self.feed(np.array([[out[-1]]]), state)
+        return out
+
+    def greedy(self, prompt: str, n: int) -> str:
+        """Greedy continuation of `prompt`: the parity fingerprint's procedure."""
+        return self.tokenizer.decode(self.greedy_ids(self.tokenizer.encode(prompt), n))
 
 
 def metadata_dict(
