@@ -45,18 +45,15 @@ def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) 
     missing = [e for e in ORT_ENGINES if e not in models]
     if missing and checkpoint is not None and have_torch():
         click.echo(f"exporting {', '.join(missing)} from {checkpoint} ...", err=True)
-        import onnx
-
         from picogpt.export.cli import set_metadata
-        from picogpt.export.graph import export_onnx
+        from picogpt.export.graph import export_layout
         from picogpt.export.loading import load_any_checkpoint
         from picogpt.export.quantize import quantize
         from picogpt.onnx_io import metadata_dict
 
         loaded = load_any_checkpoint(checkpoint)
         fp32 = work / "fp32.onnx"
-        export_onnx(loaded.model, fp32)
-        onnx.checker.check_model(str(fp32))
+        export_layout(loaded.model, fp32)
         for engine in missing:
             q = ORT_ENGINES[engine]
             path = fp32 if q == "none" else work / f"{q}.onnx"

@@ -12,11 +12,11 @@ import numpy as np
 
 from picogpt.data import find_tinyshakespeare, read_text_file
 from picogpt.errors import PicoError, cli_errors
-from picogpt.export.graph import export_onnx
+from picogpt.export.graph import export_layout
 from picogpt.export.loading import Loaded, load_any_checkpoint
 from picogpt.export.quantize import METHODS, quantize
 from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
-from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, OnnxDecoder, metadata_dict
+from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, OnnxDecoder, metadata_dict
 
 AUTO_MAX_NATS = 0.02
 
@@ -67,13 +67,16 @@ def check_output_path(out: Path) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
 @click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="none",
               show_default=True, help="auto: time the candidates here, keep the fastest within 0.02 nats.")
+@click.option("--graph", "layout", type=click.Choice(LAYOUTS), default="fused", show_default=True,
+              help="fused: onnxruntime contrib kernels, in-place KV cache (fast). portable: standard ONNX "
+                   "ops from torch.onnx.export (any runtime).")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with torch before writing.")
 @click.option("--data", type=str, default=None, help="Text for verification (default: tinyshakespeare if cached).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime threads for verification and timing.")
 @cli_errors
-def main(checkpoint: Path, output: Path, method: str, opset: int, verify: bool, data: str | None,
+def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool, data: str | None,
          threads: int) -> None:
     """Export a checkpoint to one self-describing ONNX file (prefill + decode with the context vector)."""
     import onnx
@@ -88,12 +91,12 @@ def main(checkpoint: Path, output: Path, method: str, opset: int, verify: bool, 
     try:
         fp32 = work / "fp32.onnx"
         torch.manual_seed(0)
-        seconds = export_onnx(loaded.model, fp32, opset)
-        onnx.checker.check_model(str(fp32))
-        click.echo(f"exported fp32 graph in {seconds:.1f} s (torch.onnx.export, dynamo, opset {opset})")
+        seconds = export_layout(loaded.model, fp32, layout, opset)
+        how = "onnx.helper + com.microsoft kernels" if layout == "fused" else "torch.onnx.export, dynamo"
+        click.echo(f"exported the {layout} fp32 graph in {seconds:.1f} s ({how}, opset {opset})")
 
         def meta(quant: str, fingerprint: str | None = None) -> dict[str, str]:
-            return metadata_dict(cfg, loaded.tokenizer, quant, loaded.step, loaded.val_loss, fingerprint)
+            return metadata_dict(cfg, loaded.tokenizer, quant, loaded.step, loaded.val_loss, fingerprint, layout)
 
         set_metadata(fp32, meta("none"))
         candidates = {"none": fp32}

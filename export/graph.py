@@ -77,3 +77,17 @@ def export_onnx(model: GPT, path: str | os.PathLike, opset: int = 18) -> float:
         )
     program.save(str(path))
     return time.perf_counter() - t0
+
+
+def export_layout(model: GPT, path: str | os.PathLike, layout: str = "fused", opset: int = 18) -> float:
+    """Write the fp32 graph of `layout` ("fused" or "portable") to `path`, checked; returns seconds."""
+    import onnx
+
+    if layout == "fused":
+        from picogpt.export.fused import export_fused
+
+        seconds = export_fused(model, path, opset)
+    else:
+        seconds = export_onnx(model, path, opset)
+    onnx.checker.check_model(str(path))
+    return seconds

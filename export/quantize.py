@@ -27,7 +27,7 @@ def quantize(src: Path, dst: Path, method: str) -> None:
             src, dst, op_types_to_quantize=["MatMul"], per_channel=method == "int8-channel",
             reduce_range=not vnni and method == "int8-channel",
             weight_type=QuantType.QInt8 if vnni else QuantType.QUInt8,
-            extra_options={"MatMulConstBOnly": True},
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return
     if method in ("int4", "int8-block"):

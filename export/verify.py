@@ -55,18 +55,17 @@ def mean_ce(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def time_step(decoder: OnnxDecoder, past: int, repeats: int = 200) -> float:
-    """Median ms of one single-token step with `past` cached rows (batch 1), bare session.run."""
-    c = decoder.config
-    kv = np.random.default_rng(0).standard_normal((c.n_layer, 1, c.n_head, past, c.head_size)).astype(np.float32)
-    feeds = {"input_ids": np.array([[5]], dtype=np.int64), "context": np.zeros((1, c.n_embd), np.float32),
-             "past_key": kv, "past_value": kv.copy()}
-    for _ in range(10):
-        decoder.session.run(None, feeds)
+    """Median ms of one single-token `feed` (batch 1) onto `past` cached rows, slot included."""
+    state = decoder.new_state(1)
+    decoder.feed(np.full((1, past - 1), 5, dtype=np.int64), state)  # the slot plus past-1 characters
+    token = np.array([[5]], dtype=np.int64)
     times = []
-    for _ in range(repeats):
+    for i in range(repeats + 10):
         t = time.perf_counter()
-        decoder.session.run(None, feeds)
-        times.append(time.perf_counter() - t)
+        decoder.feed(token, state)
+        if i >= 10:  # warm-up
+            times.append(time.perf_counter() - t)
+        decoder.rewind(state, past)
     return float(np.median(times) * 1000)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[GPT, CharTokenizer]:
     """Rebuild the model (eval mode) and tokenizer a checkpoint describes."""
-    config = GPTConfig.from_dict(ckpt["config"])
+    # Dropout is a training-time regulariser: the rebuilt model is for inference and export.
+    config = replace(GPTConfig.from_dict(ckpt["config"]), dropout=0.0)
     model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])

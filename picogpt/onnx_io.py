@@ -3,17 +3,18 @@
 `picogpt.export` writes files that follow this contract; `picogpt.runtime` and the export's
 own verification read them through `OnnxDecoder`, so both speak one protocol.
 
-One graph does prefill and decode (see docs/onnx.md):
-  inputs   input_ids  int64 [batch, new]       new ids; a row may start with SLOT_ID
+One graph does prefill and decode, in one of two layouts (details in docs/onnx.md):
+  inputs   input_ids  int64 [batch, new]       new ids; a row may start with the slot id
            context    float [batch, n_embd]     this window's context vector
-           past_key   float [n_layer, batch, n_head, past, head_size]   (past_value alike)
+           + the cache: portable  past_key/past_value [n_layer, batch, n_head, past, head_size]
+                        fused     position_ids, seqlens_k, total_sequence_length and per layer
+                                  past_key_i/past_value_i [batch, n_head, n_positions, head_size]
   outputs  logits     float [batch, vocab]     for the id after the last new one
-           present_key / present_value          the cache with the new rows appended
            hidden_sum float [batch, n_embd]     sum of the new rows' ln_f outputs
-The graph replaces the embedding of SLOT_ID by `context` and numbers positions from `past`, so
-no `If` node and no size-0/1 special case is needed; the caller starts a window by feeding
-`[SLOT_ID, c_1, ...]` with an empty cache, and when a window is full sets
-`context = running hidden_sum / (context_len + 1)`.
+           + the updated cache (present_*)
+The graph replaces the embedding of the slot id by `context`, so no `If` node and no size-0/1
+special case is needed; the caller starts a window by feeding `[slot, c_1, ...]` at position 0,
+and when a window is full sets `context = running hidden_sum / (context_len + 1)`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,34 @@ from picogpt.errors import PicoError
 from picogpt.tokenizer import CharTokenizer
 from picogpt.windows import plan_chunks
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 files are the portable layout without a `layout` key
 META_PREFIX = "picogpt."
+LAYOUTS = ("fused", "portable")
 INPUTS = ("input_ids", "context", "past_key", "past_value")
 OUTPUTS = ("logits", "present_key", "present_value", "hidden_sum")
 FINGERPRINT_PROMPT = "ROMEO:\n"
+
+
+def fused_cache_names(layer: int) -> tuple[str, str, str, str]:
+    """past_key, past_value, present_key, present_value of one layer in the fused layout."""
+    return f"past_key_{layer}", f"past_value_{layer}", f"present_key_{layer}", f"present_value_{layer}"
+
+
+def fused_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the fused layout, in graph order."""
+    inputs = ["input_ids", "context", "position_ids", "seqlens_k", "total_sequence_length"]
+    outputs = ["logits", "hidden_sum"]
+    for i in range(n_layer):
+        pk, pv, nk, nv = fused_cache_names(i)
+        inputs += [pk, pv]
+        outputs += [nk, nv]
+    return inputs, outputs
+
+
+def io_names(layout: str, n_layer: int) -> tuple[list[str], list[str]]:
+    """Input and output names of a layout."""
+    return fused_io_names(n_layer) if layout == "fused" else (list(INPUTS), list(OUTPUTS))
 FINGERPRINT_CHARS = 64
 
 
@@ -64,8 +88,85 @@ class StreamState:
     context: np.ndarray
     hidden_sum: np.ndarray
     pos: int
-    past_key: np.ndarray
-    past_value: np.ndarray
+    cache: PortableCache | FusedCache
+
+
+class PortableCache:
+    """The portable layout's cache, [n_layer, B, H, past, D], passed through `session.run`.
+
+    Simple and runs anywhere, but every step copies the whole cache in and out.
+    """
+
+    def __init__(self, session: Any, config: GPTConfig, batch: int) -> None:
+        self.session = session
+        self.key = np.zeros((config.n_layer, batch, config.n_head, 0, config.head_size), dtype=np.float32)
+        self.value = self.key.copy()
+
+    def rewind(self, pos: int) -> None:
+        """Forget every row from `pos` on (0: a new window)."""
+        self.key, self.value = self.key[:, :, :, :pos], self.value[:, :, :, :pos]
+
+    def run(self, ids: np.ndarray, context: np.ndarray, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        logits, self.key, self.value, hsum = self.session.run(
+            None, {"input_ids": ids, "context": context, "past_key": self.key, "past_value": self.value})
+        return logits, hsum
+
+
+class FusedCache:
+    """The fused layout's cache: per layer, a fixed [B, H, n_positions, D] buffer.
+
+    Each buffer is bound (IOBinding, by pointer) as both `past_key_i` and `present_key_i`, so
+    GroupQueryAttention writes the new rows in place: no per-step copy or allocation. The small
+    inputs and the outputs are preallocated and bound once too; a step only fills them.
+    """
+
+    def __init__(self, session: Any, config: GPTConfig, batch: int) -> None:
+        shape = (batch, config.n_head, config.n_positions, config.head_size)
+        self.session, self.batch = session, batch
+        self.binding = session.io_binding()
+        self.buffers = [np.zeros(shape, dtype=np.float32) for _ in range(2 * config.n_layer)]
+        for i in range(config.n_layer):
+            past_k, past_v, present_k, present_v = fused_cache_names(i)
+            for name, buf in ((past_k, self.buffers[2 * i]), (past_v, self.buffers[2 * i + 1])):
+                self._bind(name, buf, output=False)
+            for name, buf in ((present_k, self.buffers[2 * i]), (present_v, self.buffers[2 * i + 1])):
+                self._bind(name, buf, output=True)
+        self.context = self._bind("context", np.zeros((batch, config.n_embd), np.float32), output=False)
+        self.seqlens_k = self._bind("seqlens_k", np.zeros(batch, np.int32), output=False)
+        self.total = self._bind("total_sequence_length", np.zeros((), np.int32), output=False)
+        self.logits = self._bind("logits", np.zeros((batch, config.vocab_size), np.float32), output=True)
+        self.hidden_sum = self._bind("hidden_sum", np.zeros((batch, config.n_embd), np.float32), output=True)
+        self.ids = self.positions = np.zeros((batch, 0), np.int64)
+
+    def _bind(self, name: str, array: np.ndarray, output: bool) -> np.ndarray:
+        # The binding holds a raw pointer: `self` keeps every bound array alive.
+        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        return array
+
+    def rewind(self, pos: int) -> None:
+        """Nothing to do: rows at or after the total length are never read, only overwritten."""
+
+    def run(self, ids: np.ndarray, context: np.ndarray, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        new = ids.shape[1]
+        if new > 1 and pos > 0 and self.batch > 1:
+            # GroupQueryAttention (CPU) refuses several new rows onto a cache when batch > 1:
+            # feed them one at a time (only a mid-window multi-token feed of a batch gets here).
+            hsum = np.zeros_like(self.hidden_sum)
+            for j in range(new):
+                logits, part = self.run(ids[:, j : j + 1], context, pos + j)
+                hsum += part
+            return logits, hsum
+        if self.ids.shape[1] != new:  # rebind only when the chunk length changes (prefill vs decode)
+            self.ids = self._bind("input_ids", np.zeros((self.batch, new), np.int64), output=False)
+            self.positions = self._bind("position_ids", np.zeros((self.batch, new), np.int64), output=False)
+        self.ids[...] = ids
+        self.positions[...] = np.arange(pos, pos + new)
+        self.context[...] = context
+        self.seqlens_k[...] = pos + new - 1
+        self.total[...] = pos + new
+        self.session.run_with_iobinding(self.binding)
+        return self.logits.copy(), self.hidden_sum.copy()
 
 
 class OnnxDecoder:
@@ -85,22 +186,26 @@ class OnnxDecoder:
         self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         if "format_version" not in self.metadata:
             raise PicoError(f"{path} is an ONNX model but not a PicoGPT one (no picogpt.* metadata)")
-        if self.metadata["format_version"] != str(FORMAT_VERSION):
+        if self.metadata["format_version"] not in {str(v) for v in READABLE_VERSIONS}:
             raise PicoError(f"{path} has PicoGPT format version {self.metadata['format_version']}; "
-                            f"this picogpt reads version {FORMAT_VERSION}")
+                            f"this picogpt reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         self.config = GPTConfig.from_json(self.metadata["config"])
         self.tokenizer = CharTokenizer.from_json(self.metadata["tokenizer"])
         self.slot_id = json.loads(self.metadata["protocol"])["slot_id"]
+        self.layout = self.metadata.get("layout", "portable")
+        if self.layout not in LAYOUTS:
+            raise PicoError(f"{path}: unknown graph layout {self.layout!r} (this picogpt reads {', '.join(LAYOUTS)})")
+        expected = io_names(self.layout, self.config.n_layer)[0]
         names = [i.name for i in self.session.get_inputs()]
-        if tuple(names) != INPUTS:
-            raise PicoError(f"{path}: unexpected inputs {names}, the contract says {list(INPUTS)}")
+        if names != expected:
+            raise PicoError(f"{path}: unexpected inputs {names[:6]}, the {self.layout} layout says {expected[:6]}")
         self.path = path
 
     def new_state(self, batch: int = 1) -> StreamState:
         c = self.config
-        empty = np.zeros((c.n_layer, batch, c.n_head, 0, c.head_size), dtype=np.float32)
         zeros = np.zeros((batch, c.n_embd), dtype=np.float32)
-        return StreamState(zeros, zeros.copy(), 0, empty, empty.copy())
+        cache_type = FusedCache if self.layout == "fused" else PortableCache
+        return StreamState(zeros, zeros.copy(), 0, cache_type(self.session, c, batch))
 
     def feed(self, ids: np.ndarray, state: StreamState) -> np.ndarray:
         """Feed ids [B, T] (T >= 1) after `state` (updated in place); return logits [B, V]."""
@@ -110,19 +215,26 @@ class OnnxDecoder:
             if chunk.roll_over:
                 state.context = state.hidden_sum / np.float32(state.pos)
                 state.hidden_sum = np.zeros_like(state.context)
-                state.past_key = state.past_key[:, :, :, :0]
-                state.past_value = state.past_value[:, :, :, :0]
+                state.cache.rewind(0)
             part = ids[:, chunk.start : chunk.start + chunk.take]
             if chunk.with_slot:
                 part = np.concatenate([np.full((ids.shape[0], 1), self.slot_id, dtype=np.int64), part], axis=1)
-            logits, state.past_key, state.past_value, hsum = self.session.run(
-                None, {"input_ids": part, "context": state.context,
-                       "past_key": state.past_key, "past_value": state.past_value})
+            logits, hsum = state.cache.run(part, state.context, chunk.pos)
             state.hidden_sum = state.hidden_sum + hsum
             state.pos = chunk.pos + part.shape[1]
         if logits is None:
             raise PicoError("nothing to feed: at least one token is needed")
         return logits
+
+    def rewind(self, state: StreamState, pos: int) -> None:
+        """Step back to `pos` filled positions of the current window (for timing a fixed position).
+
+        The running ln_f sum is not rewound: use it only where the next window does not matter.
+        """
+        if not 0 < pos <= state.pos:
+            raise PicoError(f"cannot rewind to position {pos} of a window filled to {state.pos}")
+        state.cache.rewind(pos)
+        state.pos = pos
 
     def greedy_ids(self, prompt_ids: list[int], n: int) -> list[int]:
         """Greedy continuation (one stream) of `prompt_ids`: n new ids."""
@@ -140,6 +252,24 @@ class OnnxDecoder:
         return self.tokenizer.decode(self.greedy_ids(self.tokenizer.encode(prompt), n))
 
 
+def io_shapes(layout: str, config: GPTConfig) -> dict[str, list[int | str]]:
+    """Symbolic shape of every input and output of a layout."""
+    c = config
+    shapes: dict[str, list[int | str]] = {
+        "input_ids": ["batch", "new"], "context": ["batch", c.n_embd],
+        "logits": ["batch", c.vocab_size], "hidden_sum": ["batch", c.n_embd],
+    }
+    if layout == "fused":
+        shapes.update({"position_ids": ["batch", "new"], "seqlens_k": ["batch"], "total_sequence_length": []})
+        for i in range(c.n_layer):
+            for name in fused_cache_names(i):
+                shapes[name] = ["batch", c.n_head, c.n_positions, c.head_size]
+    else:
+        for name, length in (("past", "past"), ("present", "past+new")):
+            shapes[f"{name}_key"] = shapes[f"{name}_value"] = [c.n_layer, "batch", c.n_head, length, c.head_size]
+    return shapes
+
+
 def metadata_dict(
     config: GPTConfig,
     tokenizer: CharTokenizer,
@@ -147,24 +277,23 @@ def metadata_dict(
     step: int | None,
     val_loss: float | None,
     fingerprint: str | None,
+    layout: str = "fused",
 ) -> dict[str, str]:
     """The `picogpt.*` metadata_props of an exported file (all values are strings)."""
-    shapes = {
-        "input_ids": ["batch", "new"], "context": ["batch", config.n_embd],
-        "past_key": [config.n_layer, "batch", config.n_head, "past", config.head_size],
-        "past_value": [config.n_layer, "batch", config.n_head, "past", config.head_size],
-        "logits": ["batch", config.vocab_size], "hidden_sum": ["batch", config.n_embd],
-        "present_key": [config.n_layer, "batch", config.n_head, "past+new", config.head_size],
-        "present_value": [config.n_layer, "batch", config.n_head, "past+new", config.head_size],
-    }
+    inputs, outputs = io_names(layout, config.n_layer)
     protocol = {
         "slot_id": slot_id(config), "context_len": config.context_len, "n_positions": config.n_positions,
-        "rule": "new window: feed [slot_id, ids...] with an empty cache and context = previous window's "
-                "hidden_sum / n_positions (zeros for the first window); positions number from past length",
+        "rule": "new window: feed [slot_id, ids...] at position 0 and context = previous window's "
+                "hidden_sum / n_positions (zeros for the first window); positions number on from the rows "
+                "already in the window",
+        "cache": "fixed buffers of n_positions rows, bound as past and present alike (written in place); "
+                 "seqlens_k = pos + new - 1, total_sequence_length = pos + new" if layout == "fused" else
+                 "present = past with the new rows appended; an empty cache starts a window",
     }
     meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "config": config.to_json(), "tokenizer": tokenizer.to_json(),
-        "io": json.dumps({"inputs": list(INPUTS), "outputs": list(OUTPUTS), "shapes": shapes}),
+        "format_version": FORMAT_VERSION, "layout": layout, "config": config.to_json(),
+        "tokenizer": tokenizer.to_json(),
+        "io": json.dumps({"inputs": inputs, "outputs": outputs, "shapes": io_shapes(layout, config)}),
         "protocol": json.dumps(protocol), "quantization": quantization,
         "step": "" if step is None else step, "val_loss": "" if val_loss is None else f"{val_loss:.6f}",
         "fingerprint": json.dumps({"prompt": FINGERPRINT_PROMPT, "greedy": fingerprint or ""}),

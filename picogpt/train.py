@@ -317,6 +317,8 @@ def train(
 @click.option("--n-layer", type=int, default=GPTConfig.n_layer, show_default=True)
 @click.option("--n-head", type=int, default=GPTConfig.n_head, show_default=True)
 @click.option("--n-embd", type=int, default=GPTConfig.n_embd, show_default=True)
+@click.option("--dropout", type=float, default=GPTConfig.dropout, show_default=True,
+              help="Training-only regulariser (export and inference run without it).")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="At the end, print val loss per window index with the carried vs zeroed context vector.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -324,9 +326,10 @@ def train(
 def main(dataset: str, data_path: str | None, data_files: str | None, wiki_name: str, wiki_config: str,
          val_percent: float, out: Path, max_iters: int, max_minutes: float | None, batch_size: int, seq_windows: int,
          lr: float, warmup_iters: int, eval_interval: int, eval_iters: int, threads: int | None, seed: int,
-         resume: bool, context_len: int, n_layer: int, n_head: int, n_embd: int, report: bool, quiet: bool) -> None:
+         resume: bool, context_len: int, n_layer: int, n_head: int, n_embd: int, dropout: float, report: bool,
+         quiet: bool) -> None:
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
-    config = GPTConfig(context_len=context_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    config = GPTConfig(context_len=context_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
     tc = TrainConfig(dataset=dataset, batch_size=batch_size, seq_windows=seq_windows, lr=lr,
                      warmup_iters=warmup_iters, max_iters=max_iters, eval_interval=eval_interval,
                      eval_iters=eval_iters, seed=seed)

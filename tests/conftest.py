@@ -81,18 +81,32 @@ def random_model():
     return random_gpt(TINY_CONFIG, 0.05)
 
 
-@pytest.fixture(scope="session")
-def exported(random_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The random tiny model exported to fp32 ONNX with its metadata (no verification run)."""
-    import onnx
-
+def export_tiny(model, folder: Path, layout: str) -> Path:
+    """`model` exported to fp32 ONNX in `layout`, with its metadata (no verification run)."""
     from picogpt.export.cli import set_metadata
-    from picogpt.export.graph import export_onnx
+    from picogpt.export.graph import export_layout
     from picogpt.onnx_io import metadata_dict
     from picogpt.tokenizer import CharTokenizer
 
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(random_model, path)
-    onnx.checker.check_model(str(path))
-    set_metadata(path, metadata_dict(TINY_CONFIG, CharTokenizer(), "none", 0, None, None))
+    path = folder / f"tiny-{layout}.onnx"
+    export_layout(model, path, layout)
+    set_metadata(path, metadata_dict(model.config, CharTokenizer(), "none", 0, None, None, layout))
     return path
+
+
+@pytest.fixture(scope="session")
+def exported(random_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny model in the default (fused) layout."""
+    return export_tiny(random_model, tmp_path_factory.mktemp("onnx"), "fused")
+
+
+@pytest.fixture(scope="session")
+def exported_portable(random_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny model through torch.onnx.export (the portable layout)."""
+    return export_tiny(random_model, tmp_path_factory.mktemp("onnx"), "portable")
+
+
+@pytest.fixture(params=["fused", "portable"])
+def exported_any(request: pytest.FixtureRequest) -> Path:
+    """Each layout in turn: the parity tests run on both."""
+    return request.getfixturevalue("exported" if request.param == "fused" else "exported_portable")

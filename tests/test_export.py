@@ -17,19 +17,39 @@ from picogpt.tokenizer import CharTokenizer
 CFG = TINY_CONFIG
 
 
-def test_graph_has_dynamic_axes_and_no_if(exported: Path) -> None:
+def input_dims(path: Path) -> dict[str, list]:
     import onnx
 
-    m = onnx.load(str(exported))
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+    m = onnx.load(str(path))
+    return {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+
+
+def test_portable_graph_has_dynamic_axes_and_no_if(exported_portable: Path) -> None:
+    import onnx
+
+    dims = input_dims(exported_portable)
     assert dims["input_ids"] == ["batch", "new"]
     assert dims["past_key"][3] == "past" and dims["past_key"][1] == "batch"
+    m = onnx.load(str(exported_portable))
     assert "If" not in {n.op_type for n in m.graph.node}
     assert m.opset_import[0].version >= 17
 
 
-def test_onnx_matches_torch_across_windows_and_batches(random_model: GPT, exported: Path) -> None:
-    dec = OnnxDecoder(exported, threads=1)
+def test_fused_graph_is_small_and_uses_ort_kernels(exported: Path) -> None:
+    import onnx
+
+    m = onnx.load(str(exported))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("GroupQueryAttention") == CFG.n_layer
+    assert ops.count("SkipLayerNormalization") == 2 * CFG.n_layer + 1
+    assert len(ops) <= 10 * CFG.n_layer + 12 and "If" not in ops
+    dims = input_dims(exported)
+    assert dims["input_ids"] == ["batch", "new"]
+    assert dims["past_key_0"] == ["batch", CFG.n_head, CFG.n_positions, CFG.head_size]
+
+
+def test_onnx_matches_torch_across_windows_and_batches(random_model: GPT, exported_any: Path) -> None:
+    dec = OnnxDecoder(exported_any, threads=1)
     ids = torch.randint(0, CFG.vocab_size - 8, (3, 4 * CFG.context_len + 5))
     with torch.no_grad():
         ref, _ = random_model(ids)
@@ -44,8 +64,21 @@ def test_onnx_matches_torch_across_windows_and_batches(random_model: GPT, export
     assert worst < 1e-4
 
 
-def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, exported: Path) -> None:
-    dec = OnnxDecoder(exported, threads=1)
+def test_chunked_prefill_after_a_cache_matches_torch(random_model: GPT, exported_any: Path) -> None:
+    """Several new ids onto a half-full window (a REPL turn): the causal mask must be bottom-right."""
+    dec = OnnxDecoder(exported_any, threads=1)
+    ids = torch.randint(0, CFG.vocab_size - 8, (2, 4 * CFG.context_len))
+    with torch.no_grad():
+        ref, _ = random_model(ids)
+    state, t = dec.new_state(2), 0
+    for size in (5, 7, 1, 12, 20, 3, 9):  # chunks that start mid-window and cross boundaries
+        logits = dec.feed(ids[:, t : t + size].numpy(), state)
+        t += size
+        assert np.abs(logits - ref[:, t - 1].numpy()).max() < 1e-4, (size, t)
+
+
+def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, exported_any: Path) -> None:
+    dec = OnnxDecoder(exported_any, threads=1)
     ids = torch.randint(0, CFG.vocab_size - 8, (2, 2 * CFG.context_len + 3))
     with torch.no_grad():
         _, tstate = random_model.decode(ids, random_model.new_state(2))
