@@ -97,16 +97,29 @@ def encode_array(text: str, tokenizer: CharTokenizer) -> tuple[np.ndarray, int]:
 class TokenData:
     """An in-memory (or memmapped) id array split 90% train / 10% val, sampled at random offsets."""
 
-    def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float = 0.1, name: str = "text") -> None:
-        n_val = int(len(ids) * val_fraction)
-        self.train, self.val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float = 0.1, name: str = "text",
+                 val_ids: np.ndarray | None = None) -> None:
+        if val_ids is None:
+            n_val = int(len(ids) * val_fraction)
+            ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        self.train, self.val = ids, val_ids
         self.seq_len = seq_len
         need = seq_len + 1
         if len(self.train) < need or len(self.val) < need:
             raise PicoError(
-                f"{name} is too short: {len(ids):,} characters give {len(self.train):,} train / {len(self.val):,} "
-                f"val, but one training sequence needs {need:,} in each (lower --seq-windows or use more text)"
+                f"{name} is too short: {len(self.train):,} train / {len(self.val):,} val characters, "
+                f"but one training sequence needs {need:,} in each (lower --seq-windows or use more text)"
             )
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keep only this rank's contiguous 1/world of the training tokens (validation is shared)."""
+        if world <= 1:
+            return
+        size = len(self.train) // world
+        if size < self.seq_len + 1:
+            raise PicoError(f"{len(self.train):,} training characters cannot give {world} ranks a shard of at least "
+                            f"one sequence ({self.seq_len + 1:,}); use more text or fewer processes")
+        self.train = self.train[rank * size : (rank + 1) * size]
 
     def batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         data = self.train if split == "train" else self.val
@@ -118,12 +131,16 @@ class TokenData:
 def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, name: str) -> tuple[TokenData, int]:
     """Text file (or tinyshakespeare, found or downloaded) -> TokenData, unknown-char count.
 
-    A `.bin` file written by `picogpt-prepare` is memory-mapped instead of re-encoded.
+    A `.bin` file of uint8 ids is memory-mapped instead of re-encoded; `picogpt-prepare` writes
+    `train.bin` with a `val.bin` beside it (otherwise the last 10% of the file is validation).
     """
     if path is not None and str(path).endswith(".bin"):
         if not Path(path).is_file():
             raise PicoError(f"data file not found: {path}")
-        return TokenData(np.memmap(path, dtype=np.uint8, mode="r"), seq_len, name=name), 0
+        val_path = Path(path).with_name("val.bin")
+        val = np.memmap(val_path, dtype=np.uint8, mode="r") if Path(path).name == "train.bin" and \
+            val_path.is_file() else None
+        return TokenData(np.memmap(path, dtype=np.uint8, mode="r"), seq_len, name=name, val_ids=val), 0
     if path is None:
         path = str(find_tinyshakespeare())
     ids, unknown = encode_array(read_text_file(path), tokenizer)
@@ -141,11 +158,13 @@ def is_val_article(article_id: str, val_percent: float) -> bool:
     return zlib.crc32(str(article_id).encode("utf-8")) % 10_000 < val_percent * 100
 
 
-def open_article_stream(name: str, config: str | None, data_files: str | None):
+def open_article_stream(name: str, config: str | None, data_files: str | None, streaming: bool = True,
+                        num_proc: int | None = None):
     """A streaming `datasets.IterableDataset` of articles (`id, url, title, text`).
 
     With `data_files` (a glob of local .parquet / .json / .jsonl files of Wikipedia's schema)
-    the same streaming code path reads them instead of the hub.
+    the same code path reads them instead of the hub. `streaming=False` (for `picogpt-prepare`)
+    downloads and caches a map-style `Dataset` instead, `num_proc` processes at a time.
     """
     try:
         import datasets
@@ -160,9 +179,11 @@ def open_article_stream(name: str, config: str | None, data_files: str | None):
             if not files:
                 raise PicoError(f"--data-files matched no files: {data_files}")
             builder = "parquet" if files[0].endswith(".parquet") else "json"
-            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming,
+                                       **({} if streaming else {"num_proc": num_proc}))
         else:
-            ds = datasets.load_dataset(name, config, split="train", streaming=True)
+            ds = datasets.load_dataset(name, config, split="train", streaming=streaming,
+                                       **({} if streaming else {"num_proc": num_proc}))
     except PicoError:
         raise
     except Exception as exc:  # network, missing config, schema: one line for the user
@@ -191,9 +212,11 @@ class WikipediaData:
         data_files: str | None = None,
         val_percent: float = 1.0,
         buffer_size: int = 2048,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
         self.source = (name, config, data_files)
+        self.shard = shard  # (rank, world): each rank streams a disjoint part of the training articles
         self.val_percent, self.buffer_size = val_percent, buffer_size
         self.rng = np.random.default_rng(seed)
         self._train_iter = self._sequences(val=False, rng=np.random.default_rng(seed + 1))
@@ -203,7 +226,13 @@ class WikipediaData:
         need = self.seq_len + 1
         while True:  # epochs
             produced = 0
-            for article in open_article_stream(*self.source):
+            stream = open_article_stream(*self.source)
+            if not val and self.shard[1] > 1:
+                from datasets.distributed import split_dataset_by_node
+
+                # whole files per rank when they divide evenly, else every world-th article
+                stream = split_dataset_by_node(stream, rank=self.shard[0], world_size=self.shard[1])
+            for article in stream:
                 if is_val_article(article["id"], self.val_percent) != val:
                     continue
                 text = article.get("text") or ""
@@ -254,13 +283,19 @@ def open_data(
     wiki_config: str | None = WIKI_DEFAULT_CONFIG,
     val_percent: float = 1.0,
     warn=print,
+    shard: tuple[int, int] = (0, 1),
 ) -> TokenData | WikipediaData:
-    """The one place that turns the CLI's data flags into a batch source."""
+    """The one place that turns the CLI's data flags into a batch source.
+
+    `shard = (rank, world)`: under torchrun each rank trains on a disjoint part of the data.
+    """
     if dataset == "wikipedia":
-        return WikipediaData(tokenizer, seq_len, seed, wiki_name, wiki_config, data_files, val_percent)
+        return WikipediaData(tokenizer, seq_len, seed, wiki_name, wiki_config, data_files, val_percent,
+                             shard=shard)
     if dataset == "text" and data_path is None:
         raise PicoError("--dataset text needs --data PATH")
     data, unknown = load_token_data(data_path, tokenizer, seq_len, dataset)
     if unknown:
         warn(f"warning: {unknown:,} characters are not in the vocabulary and were mapped to <?>")
+    data.shard(*shard)
     return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ import torch
 from picogpt.checkpoint import load_checkpoint, save_checkpoint
 from picogpt.config import GPTConfig
 from picogpt.data import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, open_data
+from picogpt.distributed import Dist, init_distributed, peer_lost
 from picogpt.errors import PicoError, cli_errors
 from picogpt.malloc import keep_heap_memory
 from picogpt.model import GPT
@@ -140,10 +142,14 @@ class Stopper:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def evaluate(model: GPT, data, tc: TrainConfig, runner: StepRunner) -> float:
-    """Mean val loss over fixed batches (the same rng seed every time, so evals are comparable)."""
+def evaluate(model: GPT, data, tc: TrainConfig, runner: StepRunner, dist: Dist | None = None) -> float:
+    """Mean val loss over fixed batches (the same rng seed every time, so evals are comparable).
+
+    Under torchrun each rank scores its share of the same batches and the sums are combined.
+    """
+    dist = dist or Dist()
     rng = np.random.default_rng(tc.seed + 1_000_003)
-    batches = [data.batch("val", tc.batch_size, rng) for _ in range(tc.eval_iters)]
+    batches = [data.batch("val", tc.batch_size, rng) for _ in range(tc.eval_iters)][dist.rank :: dist.world]
 
     def loss_of(batch: tuple[np.ndarray, np.ndarray]) -> float:
         with torch.inference_mode():
@@ -152,7 +158,8 @@ def evaluate(model: GPT, data, tc: TrainConfig, runner: StepRunner) -> float:
     model.eval()
     losses = list(runner.pool.map(loss_of, batches)) if runner.pool else [loss_of(b) for b in batches]
     model.train()
-    return float(np.mean(losses))
+    total, count = dist.sum([float(np.sum(losses)), float(len(losses))])
+    return total / count
 
 
 def train(
@@ -168,10 +175,13 @@ def train(
     max_minutes: float | None = None,
     resume: bool = False,
     progress: bool = True,
+    max_iters_set: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) training; returns the final log record."""
-    from tqdm import tqdm
+    """Run (or resume) training; returns the final log record.
 
+    Under `torchrun` every rank runs this: DistributedDataParallel (gloo) averages the
+    gradients, each rank reads its own shard of the data, and only rank 0 writes.
+    """
     if tc.batch_size < 1:
         raise PicoError(f"--batch-size must be >= 1, got {tc.batch_size}")
     if tc.seq_windows < 1:
@@ -182,12 +192,32 @@ def train(
         raise PicoError("--max-iters, --eval-interval and --eval-iters must be >= 1")
     if max_minutes is not None and max_minutes <= 0:
         raise PicoError(f"--max-minutes must be > 0, got {max_minutes}")
-    threads = threads or physical_cores()
+    dist = init_distributed()
+    try:
+        record = _train(tc, out, config, data_path, data_files, wiki_name, wiki_config, val_percent, threads,
+                        max_minutes, resume, progress, max_iters_set, dist)
+    except RuntimeError as exc:
+        if not dist.enabled:
+            raise
+        # gloo raises when a peer's socket closes: one line for the user; checkpoints are written atomically
+        raise peer_lost(dist, exc, out) from None
+    dist.close()  # only on success: tearing down with a dead peer can block
+    return record
+
+
+def _train(tc: TrainConfig, out: Path, config: GPTConfig, data_path: str | None, data_files: str | None,
+           wiki_name: str, wiki_config: str, val_percent: float, threads: int | None, max_minutes: float | None,
+           resume: bool, progress: bool, max_iters_set: bool, dist: Dist) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    # One process per core under torchrun (the processes are the data parallelism); otherwise
+    # threads go to data-parallel workers (one core each) when the batch can be split; see StepRunner.
+    threads = threads or max(1, physical_cores() // dist.local_world)
+    workers = 1 if dist.enabled else (threads if tc.batch_size >= threads else 1)
     keep_heap_memory()
-    # Threads go to data-parallel workers (one core each) when the batch can be split; see StepRunner.
-    workers = threads if tc.batch_size >= threads else 1
     torch.set_num_threads(1 if workers > 1 else threads)
-    check_out_dir(out)
+    if dist.is_main:
+        check_out_dir(out)
     ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
 
     state = None
@@ -197,11 +227,16 @@ def train(
             raise PicoError(f"{ckpt_path} was trained with another model config: {state['config']}")
         if "optimizer" not in state or "train_config" not in state:
             raise PicoError(f"{ckpt_path} has no optimizer state to resume from")
-        tc = TrainConfig(**{**state["train_config"], "max_iters": tc.max_iters})
+        stored = state["train_config"]["max_iters"]
+        # A --max-iters that differs from the stored one sets a new end for the schedule (extend or cut
+        # short); otherwise the stored schedule, time-fitted or not, continues exactly.
+        new_end = tc.max_iters if max_iters_set and tc.max_iters != stored else None
+        tc = TrainConfig(**{**state["train_config"], "max_iters": tc.max_iters if max_iters_set else stored})
     tokenizer = CharTokenizer()
     seq_len = tc.seq_windows * config.context_len
     data = open_data(tc.dataset, tokenizer, seq_len, tc.seed, data_path, data_files, wiki_name, wiki_config,
-                     val_percent, warn=lambda m: click.echo(m, err=True))
+                     val_percent, warn=lambda m: click.echo(m, err=True) if dist.is_main else None,
+                     shard=(dist.rank, dist.world))
 
     torch.manual_seed(tc.seed)
     model = GPT(config)
@@ -214,47 +249,65 @@ def train(
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         step, horizon, elapsed_before = state["step"], state["horizon"], state["elapsed"]
-    else:
+        if new_end is not None:
+            horizon = max(step, new_end)
+    elif dist.is_main:
         log_path.unlink(missing_ok=True)
+    if dist.enabled:
+        # Each rank draws its own batches; seeded by (seed, rank, step) so a resume at any world size
+        # is reproducible. (A single process restores its exact generator state instead.)
+        rng = np.random.default_rng([tc.seed, dist.rank, step])
 
     def checkpoint(val_loss: float | None) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, {
             "config": config.to_dict(), "tokenizer": tokenizer.to_json(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "train_config": asdict(tc), "step": step, "horizon": horizon,
             "elapsed": elapsed_before + time.perf_counter() - t0, "val_loss": val_loss,
-            "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}, "world_size": dist.world,
         })
 
-    tokens_per_iter = tc.batch_size * seq_len
-    runner = StepRunner(model, workers)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters | {threads} threads | "
-          f"{tc.batch_size} x {seq_len} = {tokens_per_iter:,} tokens per step | out: {out}", flush=True)
+    tokens_per_iter = tc.batch_size * seq_len * dist.world
+    # DDP broadcasts rank 0's parameters at construction and averages gradients in backward().
+    net = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
+    runner = StepRunner(net, workers)
+    if dist.is_main:
+        ranks = f"{dist.world} processes x " if dist.enabled else ""
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters | {ranks}{threads} threads | "
+              f"{dist.world * tc.batch_size} x {seq_len} = {tokens_per_iter:,} tokens per step | out: {out}",
+              flush=True)
     stopper = Stopper()
     model.train()
     t0 = time.perf_counter()
     window_start, window_tokens, recent = time.perf_counter(), 0, []
     record: dict[str, Any] = {}
     timed_iters: list[float] = []
-    bar = tqdm(total=horizon, initial=step, disable=not progress, dynamic_ncols=True, desc="train")
+    bar = tqdm(total=horizon, initial=step, disable=not progress or not dist.is_main, dynamic_ncols=True,
+               desc="train")
     try:
         while True:
             out_of_time = max_minutes is not None and elapsed_before + time.perf_counter() - t0 > max_minutes * 60
-            done = step >= horizon or out_of_time or stopper.requested
+            interrupted = dist.any(stopper.requested)
+            done = step >= horizon or dist.any(out_of_time) or interrupted
             if step % tc.eval_interval == 0 or done:
-                if not stopper.requested:  # Ctrl-C: save at once, skip the eval
-                    val = evaluate(model, data, tc, runner)
+                if not interrupted:  # Ctrl-C: save at once, skip the eval
+                    val = evaluate(model, data, tc, runner, dist)
                     tok_s = window_tokens / max(1e-9, time.perf_counter() - window_start)
                     record = {"step": step, "train_loss": float(np.mean(recent)) if recent else None, "val_loss": val,
                               "tokens_per_s": round(tok_s, 1), "lr": lr_at(step, tc, horizon),
                               "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 2)}
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    write_loss_plot(log_path, out / "loss.png")
-                    bar.write(f"step {step}: train {record['train_loss'] or float('nan'):.4f} val {val:.4f} "
-                              f"| {tok_s:,.0f} tok/s")
+                    if dist.enabled:
+                        record.update(world_size=dist.world, ranks_in_sync=dist.in_sync(model))
+                    if dist.is_main:
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        write_loss_plot(log_path, out / "loss.png")
+                        bar.write(f"step {step}: train {record['train_loss'] or float('nan'):.4f} val {val:.4f} "
+                                  f"| {tok_s:,.0f} tok/s")
                     window_start, window_tokens, recent = time.perf_counter(), 0, []
                 checkpoint(record.get("val_loss"))
-            if done or stopper.requested:
+            if done:
                 break
 
             for group in optimizer.param_groups:
@@ -275,6 +328,7 @@ def train(
                 per_iter = float(np.median(timed_iters))
                 per_eval = per_iter * tc.eval_iters / 3 / tc.eval_interval
                 horizon = max(step + 1, min(tc.max_iters, int(max_minutes * 60 / (per_iter + per_eval) * 0.97)))
+                horizon = dist.from_main(horizon)  # every rank must stop at the same step
                 bar.total = horizon
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_iter / timed_iters[-1]:,.0f}")
@@ -282,7 +336,7 @@ def train(
         bar.close()
         runner.close()
         stopper.restore()
-    if stopper.requested:
+    if interrupted and dist.is_main:
         print(f"interrupted: checkpoint saved at step {step} in {ckpt_path}; continue with --resume", flush=True)
     return record
 
@@ -300,7 +354,8 @@ def train(
 @click.option("--val-percent", type=float, default=1.0, show_default=True,
               help="Wikipedia: percent of articles held out for validation (by a hash of the id).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
-@click.option("--max-iters", type=int, default=TrainConfig.max_iters, show_default=True)
+@click.option("--max-iters", type=int, default=None,
+              help=f"Optimizer steps (default {TrainConfig.max_iters}; on --resume, the stored value).")
 @click.option("--max-minutes", type=float, default=None, help="Stop after this wall time; the LR schedule fits it.")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--seq-windows", type=int, default=TrainConfig.seq_windows, show_default=True,
@@ -324,18 +379,19 @@ def train(
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @cli_errors
 def main(dataset: str, data_path: str | None, data_files: str | None, wiki_name: str, wiki_config: str,
-         val_percent: float, out: Path, max_iters: int, max_minutes: float | None, batch_size: int, seq_windows: int,
+         val_percent: float, out: Path, max_iters: int | None, max_minutes: float | None, batch_size: int,
+         seq_windows: int,
          lr: float, warmup_iters: int, eval_interval: int, eval_iters: int, threads: int | None, seed: int,
          resume: bool, context_len: int, n_layer: int, n_head: int, n_embd: int, dropout: float, report: bool,
          quiet: bool) -> None:
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
     config = GPTConfig(context_len=context_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
-    tc = TrainConfig(dataset=dataset, batch_size=batch_size, seq_windows=seq_windows, lr=lr,
-                     warmup_iters=warmup_iters, max_iters=max_iters, eval_interval=eval_interval,
+    tc = TrainConfig(dataset=dataset, batch_size=batch_size, seq_windows=seq_windows, lr=lr, warmup_iters=warmup_iters,
+                     max_iters=TrainConfig.max_iters if max_iters is None else max_iters, eval_interval=eval_interval,
                      eval_iters=eval_iters, seed=seed)
     train(tc, out, config, data_path, data_files, wiki_name, wiki_config, val_percent, threads, max_minutes,
-          resume, progress=not quiet)
-    if report:
+          resume, progress=not quiet, max_iters_set=max_iters is not None)
+    if report and os.environ.get("RANK", "0") == "0":
         from picogpt.evaluate import report_from_checkpoint
 
         report_from_checkpoint(out / "ckpt.pt", data_path, data_files, wiki_name, wiki_config, val_percent,
