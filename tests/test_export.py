@@ -103,16 +103,19 @@ def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) ->
     return tiny_checkpoint(tmp_path_factory.mktemp("train"), corpus_file)
 
 
+@pytest.mark.parametrize("layout", ["fused", "portable"])
 def test_cli_export_fp32_verifies_and_is_self_describing(trained_ckpt: Path, corpus_file: Path,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, layout: str) -> None:
     out = tmp_path / "model.onnx"
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file))
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file),
+                   "--graph", layout)
     assert proc.returncode == 0, proc.stderr
     assert "max|dlogit|" in proc.stdout and "320/320" in proc.stdout
     dec = OnnxDecoder(out)
     meta = dec.metadata
     assert json.loads(meta["config"])["context_len"] == 16
-    assert meta["quantization"] == "none" and meta["step"] == "30"
+    assert meta["quantization"] == "none" and meta["step"] == "30" and meta["layout"] == layout
+    assert meta["format_version"] == "2" and json.loads(meta["io"])["inputs"][0] == "input_ids"
     assert CharTokenizer.from_json(meta["tokenizer"]) == CharTokenizer()
     fp = json.loads(meta["fingerprint"])
     assert len(fp["greedy"]) == FINGERPRINT_CHARS

@@ -159,3 +159,19 @@ def test_generation_state_is_constant_size(exported: Path) -> None:
         sizes.append(tuple((b.ctypes.data, b.shape) for b in state.cache.buffers))
     assert len(set(sizes)) == 1  # the same fixed buffers, written in place: no growth, no re-allocation
     assert state.pos <= TINY_CONFIG.n_positions
+
+
+def test_version_1_files_still_run(exported_portable: Path, tmp_path: Path) -> None:
+    """Files written before the fused layout (format 1, no `layout` key) are read as portable."""
+    import onnx
+
+    m = onnx.load(str(exported_portable))
+    props = [(p.key, p.value) for p in m.metadata_props if p.key != "picogpt.layout"]
+    del m.metadata_props[:]
+    for k, v in props:
+        m.metadata_props.add(key=k, value="1" if k == "picogpt.format_version" else v)
+    old = tmp_path / "v1.onnx"
+    onnx.save(m, str(old))
+    new = Generator(exported_portable).generate("ab", max_new_tokens=40, seed=1)
+    g = Generator(old)
+    assert g.decoder.layout == "portable" and g.generate("ab", max_new_tokens=40, seed=1) == new
