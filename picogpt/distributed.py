@@ -61,6 +61,14 @@ class Dist:
         torch.distributed.broadcast(t, src=0)
         return int(t.item())
 
+    def share(self, obj: Any) -> Any:
+        """Rank 0's object (pickled over the process group), on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def in_sync(self, model: torch.nn.Module) -> bool:
         """Are the parameters identical on every rank? (per-tensor sums compared exactly)"""
         if not self.enabled:

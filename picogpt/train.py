@@ -222,7 +222,8 @@ def _train(tc: TrainConfig, out: Path, config: GPTConfig, data_path: str | None,
 
     state = None
     if resume:
-        state = load_checkpoint(ckpt_path)
+        # Rank 0 reads the checkpoint and hands it to the others: other machines need no copy of it.
+        state = dist.share(load_checkpoint(ckpt_path) if dist.is_main else None)
         if GPTConfig.from_dict(state["config"]) != config:
             raise PicoError(f"{ckpt_path} was trained with another model config: {state['config']}")
         if "optimizer" not in state or "train_config" not in state:

@@ -39,17 +39,23 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_two_processes_stay_identical_and_learn(corpus_file: Path, tmp_path: Path) -> None:
+def test_two_processes_resume_a_one_process_run_stay_identical_and_learn(corpus_file: Path,
+                                                                          tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = torchrun(2, *TINY_RUN, "--data", str(corpus_file), "--out", str(out), "--max-iters", "40",
-                   "--eval-interval", "20", "--lr", "3e-3")
+    first = run_cli("picogpt.train", *TINY_RUN, "--data", str(corpus_file), "--out", str(out), "--max-iters", "40",
+                    "--eval-interval", "10", "--lr", "3e-3")
+    assert first.returncode == 0, first.stderr
+    saved = load_checkpoint(out / "ckpt.pt")
+    assert saved["step"] == 40 and saved["world_size"] == 1
+    cmd = torchrun(2, *TINY_RUN, "--data", str(corpus_file), "--out", str(out), "--resume", "--max-iters", "80")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = records(out)
-    assert [r["step"] for r in log] == [0, 20, 40]
-    assert all(r["world_size"] == 2 and r["ranks_in_sync"] for r in log)
-    assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.5
-    assert proc.stdout.count("step 20:") == 1  # only rank 0 reports
+    assert [r["step"] for r in log] == [0, 10, 20, 30, 40, 40, 50, 60, 70, 80]  # a resume re-scores its step
+    two = [r for r in log if r.get("world_size") == 2]
+    assert [r["step"] for r in two] == [40, 50, 60, 70, 80] and all(r["ranks_in_sync"] for r in two)
+    assert log[-1]["val_loss"] < log[5]["val_loss"] < log[0]["val_loss"] - 0.5
+    assert proc.stdout.count("step 60:") == 1  # only rank 0 reports
     assert load_checkpoint(out / "ckpt.pt")["world_size"] == 2
 
 
