@@ -171,3 +171,15 @@ def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> Non
     assert loaded.model.config.context_len == CFG.context_len
     for a, b in zip(loaded.model.state_dict().values(), random_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_dropout_is_training_only(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
+                   "--max-iters", "4", "--eval-interval", "4", "--batch-size", "2", "--seq-windows", "2",
+                   "--eval-iters", "1", "--quiet", "--no-report", "--dropout", "0.2", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    onnx_path = tmp_path / "m.onnx"
+    proc = run_cli("picogpt.export", str(out / "ckpt.pt"), "-o", str(onnx_path), "--data", str(corpus_file))
+    assert proc.returncode == 0, proc.stderr  # fp32 parity holds: the exported model runs without dropout
+    assert json.loads(OnnxDecoder(onnx_path).metadata["config"])["dropout"] == 0.0
