@@ -95,7 +95,8 @@ def encode_array(text: str, tokenizer: CharTokenizer) -> tuple[np.ndarray, int]:
 
 
 class TokenData:
-    """An in-memory (or memmapped) id array split 90% train / 10% val, sampled at random offsets."""
+    """An in-memory (or memmapped) id array split 90% train / 10% val (or separate train and val
+    arrays), sampled at random offsets."""
 
     def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float = 0.1, name: str = "text",
                  val_ids: np.ndarray | None = None) -> None:
@@ -160,7 +161,7 @@ def is_val_article(article_id: str, val_percent: float) -> bool:
 
 def open_article_stream(name: str, config: str | None, data_files: str | None, streaming: bool = True,
                         num_proc: int | None = None):
-    """A streaming `datasets.IterableDataset` of articles (`id, url, title, text`).
+    """The articles (`id, url, title, text`) as a streaming `datasets.IterableDataset`.
 
     With `data_files` (a glob of local .parquet / .json / .jsonl files of Wikipedia's schema)
     the same code path reads them instead of the hub. `streaming=False` (for `picogpt-prepare`)

@@ -89,11 +89,12 @@ def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, e
     assert np.allclose(ostate.hidden_sum, tstate.hidden_sum.numpy(), atol=1e-4)
 
 
-def tiny_checkpoint(tmp: Path, corpus: Path) -> Path:
+def tiny_checkpoint(tmp: Path, corpus: Path, *extra: str) -> Path:
+    """30 steps of the tiny config on `corpus` (`extra` flags override, click keeps the last)."""
     out = tmp / "run"
     proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus), "--out", str(out),
                    "--max-iters", "30", "--eval-interval", "30", "--batch-size", "4", "--seq-windows", "3",
-                   "--eval-iters", "1", "--lr", "3e-3", "--quiet", "--no-report", *TINY)
+                   "--eval-iters", "1", "--lr", "3e-3", "--quiet", "--no-report", *TINY, *extra)
     assert proc.returncode == 0, proc.stderr
     return out / "ckpt.pt"
 
@@ -174,12 +175,8 @@ def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> Non
 
 
 def test_dropout_is_training_only(corpus_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
-                   "--max-iters", "4", "--eval-interval", "4", "--batch-size", "2", "--seq-windows", "2",
-                   "--eval-iters", "1", "--quiet", "--no-report", "--dropout", "0.2", *TINY)
-    assert proc.returncode == 0, proc.stderr
+    ckpt = tiny_checkpoint(tmp_path, corpus_file, "--max-iters", "4", "--eval-interval", "4", "--dropout", "0.2")
     onnx_path = tmp_path / "m.onnx"
-    proc = run_cli("picogpt.export", str(out / "ckpt.pt"), "-o", str(onnx_path), "--data", str(corpus_file))
+    proc = run_cli("picogpt.export", str(ckpt), "-o", str(onnx_path), "--data", str(corpus_file))
     assert proc.returncode == 0, proc.stderr  # fp32 parity holds: the exported model runs without dropout
     assert json.loads(OnnxDecoder(onnx_path).metadata["config"])["dropout"] == 0.0
