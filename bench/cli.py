@@ -45,23 +45,12 @@ def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) 
     missing = [e for e in ORT_ENGINES if e not in models]
     if missing and checkpoint is not None and have_torch():
         click.echo(f"exporting {', '.join(missing)} from {checkpoint} ...", err=True)
-        from picogpt.export.cli import set_metadata
-        from picogpt.export.graph import export_layout
+        from picogpt.export.build import build_files
         from picogpt.export.loading import load_any_checkpoint
-        from picogpt.export.quantize import quantize
-        from picogpt.onnx_io import metadata_dict
 
-        loaded = load_any_checkpoint(checkpoint)
-        fp32 = work / "fp32.onnx"
-        export_layout(loaded.model, fp32)
-        for engine in missing:
-            q = ORT_ENGINES[engine]
-            path = fp32 if q == "none" else work / f"{q}.onnx"
-            if q != "none":
-                quantize(fp32, path, q)
-            set_metadata(path, metadata_dict(loaded.model.config, loaded.tokenizer, q, loaded.step,
-                                             loaded.val_loss, None))
-            models[engine] = path
+        methods = [ORT_ENGINES[e] for e in missing if ORT_ENGINES[e] != "none"]
+        files = build_files(load_any_checkpoint(checkpoint), work, methods)
+        models.update({engine: files[ORT_ENGINES[engine]] for engine in missing})
     return models
 
 

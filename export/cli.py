@@ -12,9 +12,9 @@ import numpy as np
 
 from picogpt.data import find_tinyshakespeare, read_text_file
 from picogpt.errors import PicoError, cli_errors
-from picogpt.export.graph import export_layout
+from picogpt.export.build import build_files, set_metadata
 from picogpt.export.loading import Loaded, load_any_checkpoint
-from picogpt.export.quantize import METHODS, quantize
+from picogpt.export.quantize import METHODS
 from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
 from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, OnnxDecoder, metadata_dict
 
@@ -39,17 +39,6 @@ def verification_ids(loaded: Loaded, data: str | None, windows: int, batch: int)
             return np.stack([ids[s : s + n] for s in starts]), True
     click.echo("note: no validation text found (--data); verifying on random ids, no val-loss figure", err=True)
     return rng.integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
-
-
-def set_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(model, str(path))
 
 
 def check_output_path(out: Path) -> None:
@@ -89,24 +78,9 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
                f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
     work = Path(tempfile.mkdtemp(prefix=".picogpt-export-", dir=output.parent if str(output.parent) else "."))
     try:
-        fp32 = work / "fp32.onnx"
         torch.manual_seed(0)
-        seconds = export_layout(loaded.model, fp32, layout, opset)
-        how = "onnx.helper + com.microsoft kernels" if layout == "fused" else "torch.onnx.export, dynamo"
-        click.echo(f"exported the {layout} fp32 graph in {seconds:.1f} s ({how}, opset {opset})")
-
-        def meta(quant: str, fingerprint: str | None = None) -> dict[str, str]:
-            return metadata_dict(cfg, loaded.tokenizer, quant, loaded.step, loaded.val_loss, fingerprint, layout)
-
-        set_metadata(fp32, meta("none"))
-        candidates = {"none": fp32}
         wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])
-        for m in wanted:
-            click.echo(f"quantizing: {m} ...")
-            q = work / f"{m}.onnx"
-            quantize(fp32, q, m)
-            set_metadata(q, meta(m))
-            candidates[m] = q
+        candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo)
 
         results: dict[str, Parity] = {}
         if verify or method == "auto":
@@ -133,7 +107,8 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
             click.echo(f"auto: chose {chosen} (fastest within {AUTO_MAX_NATS} nats of torch)")
         final = candidates[chosen]
         fingerprint = OnnxDecoder(final, threads=threads).greedy(FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
-        set_metadata(final, meta(chosen, fingerprint))
+        set_metadata(final, metadata_dict(cfg, loaded.tokenizer, chosen, loaded.step, loaded.val_loss, fingerprint,
+                                          layout))
         onnx.checker.check_model(str(final))
         os.replace(final, output)  # only a verified file ever appears at the output path
         click.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, quantization {chosen})")

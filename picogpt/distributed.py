@@ -38,13 +38,14 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if it is true on any (stop decisions must be unanimous)."""
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true on every rank if it is true on any (stop decisions must be unanimous);
+        one all-reduce for all of them."""
         if not self.enabled:
-            return flag
-        t = torch.tensor([int(flag)])
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags])
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item())
+        return [bool(v) for v in t.tolist()]
 
     def sum(self, values: list[float]) -> list[float]:
         if not self.enabled:

@@ -166,7 +166,8 @@ class FusedCache:
         self.seqlens_k[...] = pos + new - 1
         self.total[...] = pos + new
         self.session.run_with_iobinding(self.binding)
-        return self.logits.copy(), self.hidden_sum.copy()
+        # logits are kept by callers, so they get a copy; the sum is added at once (the next run overwrites it)
+        return self.logits.copy(), self.hidden_sum
 
 
 class OnnxDecoder:

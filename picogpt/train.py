@@ -289,8 +289,8 @@ def _train(tc: TrainConfig, out: Path, config: GPTConfig, data_path: str | None,
     try:
         while True:
             out_of_time = max_minutes is not None and elapsed_before + time.perf_counter() - t0 > max_minutes * 60
-            interrupted = dist.any(stopper.requested)
-            done = step >= horizon or dist.any(out_of_time) or interrupted
+            interrupted, out_of_time = dist.any(stopper.requested, out_of_time)
+            done = step >= horizon or out_of_time or interrupted
             if step % tc.eval_interval == 0 or done:
                 if not interrupted:  # Ctrl-C: save at once, skip the eval
                     val = evaluate(model, data, tc, runner, dist)

@@ -83,7 +83,7 @@ def random_model():
 
 def export_tiny(model, folder: Path, layout: str) -> Path:
     """`model` exported to fp32 ONNX in `layout`, with its metadata (no verification run)."""
-    from picogpt.export.cli import set_metadata
+    from picogpt.export.build import set_metadata
     from picogpt.export.graph import export_layout
     from picogpt.onnx_io import metadata_dict
     from picogpt.tokenizer import CharTokenizer
