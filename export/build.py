@@ -3,12 +3,16 @@ quantized copies, each carrying its metadata. Shared by `picogpt-export` and `pi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from picogpt.errors import PicoError
 from picogpt.export.graph import export_layout
 from picogpt.export.loading import Loaded
-from picogpt.export.quantize import quantize
+from picogpt.export.quantize import CALIBRATED, quantize
 from picogpt.onnx_io import metadata_dict
 
 
@@ -25,8 +29,13 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def build_files(loaded: Loaded, work: Path, methods: list[str], layout: str = "fused", opset: int = 18,
-                log: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
-    """Write `work/fp32.onnx` and one `work/<method>.onnx` per method; returns {"none" | method: path}."""
+                log: Callable[[str], None] = lambda _: None, calibration: np.ndarray | None = None) -> dict[str, Path]:
+    """Write `work/fp32.onnx` and one `work/<method>.onnx` per method; returns {"none" | method: path}.
+    `calibration` [B, T] ids of training text are needed by the CALIBRATED methods (int4-gptq)."""
+    needs_text = [m for m in methods if m in CALIBRATED]
+    if needs_text and calibration is None:
+        raise PicoError(f"--quantize {needs_text[0]} needs calibration text: pass --data PATH (the training text) "
+                        "or set PICOGPT_DATA")
     fp32 = work / "fp32.onnx"
     seconds = export_layout(loaded.model, fp32, layout, opset)
     how = "onnx.helper + com.microsoft kernels" if layout == "fused" else "torch.onnx.export, dynamo"
@@ -38,9 +47,16 @@ def build_files(loaded: Loaded, work: Path, methods: list[str], layout: str = "f
 
     set_metadata(fp32, meta("none"))
     files = {"none": fp32}
+    calibrated = None
     for method in methods:
         log(f"quantizing: {method} ...")
+        if method in CALIBRATED and calibrated is None:
+            from picogpt.export.gptq import gptq_model
+
+            t0 = time.perf_counter()
+            calibrated = gptq_model(loaded.model, calibration)
+            log(f"GPTQ on {calibration.size:,} calibration characters took {time.perf_counter() - t0:.1f} s")
         files[method] = work / f"{method}.onnx"
-        quantize(fp32, files[method], method)
+        quantize(fp32, files[method], method, calibrated)
         set_metadata(files[method], meta(method))
     return files

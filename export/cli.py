@@ -14,31 +14,44 @@ from picogpt.data import find_tinyshakespeare, read_text_file
 from picogpt.errors import PicoError, cli_errors
 from picogpt.export.build import build_files, set_metadata
 from picogpt.export.loading import Loaded, load_any_checkpoint
-from picogpt.export.quantize import METHODS
+from picogpt.export.quantize import CALIBRATED, METHODS
 from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
 from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, OnnxDecoder, metadata_dict
 
 AUTO_MAX_NATS = 0.02
+CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 384 training characters
 
 
-def verification_ids(loaded: Loaded, data: str | None, windows: int, batch: int) -> tuple[np.ndarray, bool]:
-    """[batch, windows*context_len + 1] ids from the val split (last 10%) of real text, else random ids."""
-    n = windows * loaded.model.config.context_len + 1
+def text_splits(loaded: Loaded, data: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train ids, val ids) of `data` (default: tinyshakespeare if cached), split 90/10 as training
+    does; None when there is no text."""
     path = data
     if path is None:
         try:
             path = str(find_tinyshakespeare(download=False))
         except PicoError:
-            path = None
-    rng = np.random.default_rng(0)
-    if path is not None:
-        text = read_text_file(path)
-        ids = np.asarray(loaded.tokenizer.encode(text[int(len(text) * 0.9) :]), dtype=np.int64)
-        if len(ids) > n:
-            starts = rng.integers(0, len(ids) - n, size=batch)
-            return np.stack([ids[s : s + n] for s in starts]), True
+            return None
+    ids = np.asarray(loaded.tokenizer.encode(read_text_file(path)), dtype=np.int64)
+    return ids[: int(len(ids) * 0.9)], ids[int(len(ids) * 0.9) :]
+
+
+def sample_windows(ids: np.ndarray, length: int, batch: int, seed: int) -> np.ndarray | None:
+    """[batch, length] slices of `ids` at random starts; None when `ids` is too short."""
+    if len(ids) <= length:
+        return None
+    starts = np.random.default_rng(seed).integers(0, len(ids) - length, size=batch)
+    return np.stack([ids[s : s + length] for s in starts])
+
+
+def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | None, windows: int,
+                     batch: int) -> tuple[np.ndarray, bool]:
+    """[batch, windows*context_len + 1] ids from the val split of real text, else random ids."""
+    n = windows * loaded.model.config.context_len + 1
+    ids = sample_windows(splits[1], n, batch, seed=0) if splits is not None else None
+    if ids is not None:
+        return ids, True
     click.echo("note: no validation text found (--data); verifying on random ids, no val-loss figure", err=True)
-    return rng.integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
+    return np.random.default_rng(0).integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
 
 
 def check_output_path(out: Path) -> None:
@@ -55,13 +68,17 @@ def check_output_path(out: Path) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
 @click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="none",
-              show_default=True, help="auto: time the candidates here, keep the fastest within 0.02 nats.")
+              show_default=True,
+              help="int4-gptq: int4 calibrated on --data (GPTQ). auto: time the candidates here, keep the fastest "
+                   "within 0.02 nats.")
 @click.option("--graph", "layout", type=click.Choice(LAYOUTS), default="fused", show_default=True,
               help="fused: onnxruntime contrib kernels, in-place KV cache (fast). portable: standard ONNX "
                    "ops from torch.onnx.export (any runtime).")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with torch before writing.")
-@click.option("--data", type=str, default=None, help="Text for verification (default: tinyshakespeare if cached).")
+@click.option("--data", type=str, default=None,
+              help="Text: its last 10% verifies, its first 90% calibrates int4-gptq (default: tinyshakespeare "
+                   "if cached).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime threads for verification and timing.")
 @cli_errors
@@ -80,12 +97,17 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     try:
         torch.manual_seed(0)
         wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])
-        candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo)
+        splits = text_splits(loaded, data)
+        if method == "auto" and splits is None:
+            wanted = [m for m in wanted if m not in CALIBRATED]
+        calibration = None if splits is None else sample_windows(
+            splits[0], CALIBRATION_WINDOWS * cfg.context_len, CALIBRATION_SEQUENCES, seed=1)
+        candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo, calibration=calibration)
 
         results: dict[str, Parity] = {}
         if verify or method == "auto":
             click.echo("verifying against torch (teacher-forced logits, greedy text, val loss) ...")
-            ids, real = verification_ids(loaded, data, windows=3, batch=2)
+            ids, real = verification_ids(loaded, splits, windows=3, batch=2)
             prompt = loaded.tokenizer.encode(FINGERPRINT_PROMPT)
             for name, path in candidates.items():
                 r = compare(loaded.model, path, name, ids, real, prompt, greedy_len=320, threads=threads)

@@ -1,16 +1,28 @@
-"""Quantization with onnxruntime's own tools: dynamic int8 and weight-only MatMulNBits int4/int8."""
+"""Quantization: onnxruntime's own tools (dynamic int8, weight-only MatMulNBits int4/int8) and
+MatMulNBits nodes holding GPTQ codes (export/gptq.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from picogpt.system import has_vnni
 
-METHODS = ("int8", "int8-channel", "int4", "int8-block")
+if TYPE_CHECKING:
+    import onnx
+
+    from picogpt.export.gptq import BlockCodes
+
+METHODS = ("int8", "int8-channel", "int4", "int4-gptq", "int8-block")
+CALIBRATED = ("int4-gptq",)  # methods that need calibration text (see export/gptq.py)
 
 
-def quantize(src: Path, dst: Path, method: str) -> None:
-    """Write a quantized copy of `src` to `dst` (metadata is added again by the caller)."""
+def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarray, BlockCodes]] | None = None) -> None:
+    """Write a quantized copy of `src` to `dst` (metadata is added again by the caller).
+    `calibrated`: (fp32 weight [N, K], its codes) pairs, for the CALIBRATED methods."""
     import logging
 
     import onnx
@@ -46,4 +58,45 @@ def quantize(src: Path, dst: Path, method: str) -> None:
         q.process()
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
         return
+    if method in CALIBRATED:
+        if calibrated is None:
+            raise ValueError(f"{method} needs calibrated codes")
+        onnx.save(with_block_codes(onnx.load(src), calibrated), str(dst))
+        return
     raise ValueError(f"unknown quantization {method!r}")
+
+
+def _digest(weight_t: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(weight_t, np.float32).tobytes()).hexdigest() + str(weight_t.shape)
+
+
+def with_block_codes(model: onnx.ModelProto, calibrated: list[tuple[np.ndarray, BlockCodes]],
+                     accuracy_level: int = 4) -> onnx.ModelProto:
+    """`model` with every MatMul whose constant B is one of the calibrated weights (as W^T, found by
+    value, so any layout works) replaced by a MatMulNBits node holding that weight's codes."""
+    from onnx import helper, numpy_helper
+
+    codes_of = {_digest(weight.T): codes for weight, codes in calibrated}
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, added = [], []
+    for node in model.graph.node:
+        b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        codes = codes_of.get(_digest(numpy_helper.to_array(b))) if b is not None and len(b.dims) == 2 else None
+        if codes is None:
+            nodes.append(node)
+            continue
+        k, n = b.dims
+        names = [f"{b.name}_q{codes.bits}", f"{b.name}_scales", f"{b.name}_zero_points"]
+        if names[0] not in {t.name for t in added}:  # a weight shared by two MatMuls is stored once
+            added += [numpy_helper.from_array(a, name) for a, name in zip(codes.packed(), names)]
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output), name=node.name + "_Q",
+                                      domain="com.microsoft", K=k, N=n, bits=codes.bits, block_size=codes.block,
+                                      accuracy_level=accuracy_level))
+    used = {i for node in nodes for i in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(kept + added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model

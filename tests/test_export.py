@@ -124,7 +124,7 @@ def test_cli_export_fp32_verifies_and_is_self_describing(trained_ckpt: Path, cor
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp files left behind
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("method", ["int8", "int4", "int4-gptq"])
 def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.onnx"
     proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", method,
@@ -135,6 +135,8 @@ def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_
     delta = float(row.split()[6])
     assert agree >= 0.9 and abs(delta) < 0.1, row  # the tiny model; the real one is measured in docs/onnx.md
     assert OnnxDecoder(out).metadata["quantization"] == method
+    if method == "int4-gptq":  # calibrated on the first 90% of --data: 64 sequences of 3 windows of 16
+        assert "GPTQ on 3,072 calibration characters" in proc.stdout
 
 
 def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
@@ -151,6 +153,9 @@ def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("picogpt.export", str(foreign), "-o", out), "another architecture")
     assert_one_line_error(run_cli("picogpt.export", str(trained_ckpt), "-o", str(tmp_path / "no" / "m.onnx")),
                           "does not exist")
+    no_text = {"PICOGPT_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert_one_line_error(run_cli("picogpt.export", str(trained_ckpt), "-o", out, "--quantize", "int4-gptq",
+                                  env=no_text), "needs calibration text")
     bad = run_cli("picogpt.export", str(trained_ckpt), "-o", out, "--quantize", "int3")
     assert bad.returncode == 2 and "int3" in bad.stderr and "Traceback" not in bad.stderr
     assert not Path(out).exists()
