@@ -98,10 +98,11 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
         torch.manual_seed(0)
         wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])
         splits = text_splits(loaded, data)
-        if method == "auto" and splits is None:
-            wanted = [m for m in wanted if m not in CALIBRATED]
         calibration = None if splits is None else sample_windows(
             splits[0], CALIBRATION_WINDOWS * cfg.context_len, CALIBRATION_SEQUENCES, seed=1)
+        if method == "auto" and calibration is None:
+            wanted = [m for m in wanted if m not in CALIBRATED]
+            click.echo(f"note: no text for calibration (--data); auto leaves out {', '.join(CALIBRATED)}", err=True)
         candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo, calibration=calibration)
 
         results: dict[str, Parity] = {}

@@ -139,6 +139,38 @@ def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_
         assert "GPTQ on 3,072 calibration characters" in proc.stdout
 
 
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The verification table printed by picogpt-export: {file name: its columns}."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("file ")) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line or line.startswith(("auto:", "wrote")):
+            break
+        rows[line.split()[0]] = line.split()
+    return rows
+
+
+def test_cli_export_auto_times_every_candidate(trained_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
+    from picogpt.export.quantize import METHODS
+
+    out = tmp_path / "auto.onnx"
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "auto", "--data",
+                   str(corpus_file))
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    assert set(rows) == {"none", *METHODS}
+    chosen = proc.stdout.split("auto: chose ")[1].split()[0]
+    within = {n: float(r[7]) for n, r in rows.items() if n != "none" and float(r[6]) <= 0.02}
+    assert within[chosen] == min(within.values())  # the fastest file within 0.02 nats of torch
+    assert OnnxDecoder(out).metadata["quantization"] == chosen
+    # without any text, auto leaves the calibrated method out and says so
+    no_text = {"PICOGPT_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "auto", env=no_text)
+    assert proc.returncode == 0, proc.stderr
+    assert "auto leaves out int4-gptq" in proc.stderr and "int4-gptq" not in table_rows(proc.stdout)
+
+
 def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
