@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from picogpt.data import find_tinyshakespeare, read_text_file
+from picogpt.data import find_tinyshakespeare, load_token_data
 from picogpt.errors import PicoError, cli_errors
 from picogpt.export.build import build_files, set_metadata
 from picogpt.export.loading import Loaded, load_any_checkpoint
@@ -23,16 +23,16 @@ CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 3
 
 
 def text_splits(loaded: Loaded, data: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(train ids, val ids) of `data` (default: tinyshakespeare if cached), split 90/10 as training
-    does; None when there is no text."""
-    path = data
-    if path is None:
+    """(train ids, val ids) of `data`, read and split as picogpt-train reads it (a text file 90/10,
+    or a prepared train.bin with its val.bin); default: tinyshakespeare if cached; None if no text."""
+    if data is None:
         try:
-            path = str(find_tinyshakespeare(download=False))
+            data = str(find_tinyshakespeare(download=False))
         except PicoError:
             return None
-    ids = np.asarray(loaded.tokenizer.encode(read_text_file(path)), dtype=np.int64)
-    return ids[: int(len(ids) * 0.9)], ids[int(len(ids) * 0.9) :]
+    # seq_len 1 accepts any text; sample_windows refuses windows longer than a split
+    tokens, _ = load_token_data(data, loaded.tokenizer, seq_len=1, name="--data")
+    return tokens.train, tokens.val
 
 
 def sample_windows(ids: np.ndarray, length: int, batch: int, seed: int) -> np.ndarray | None:
@@ -40,7 +40,7 @@ def sample_windows(ids: np.ndarray, length: int, batch: int, seed: int) -> np.nd
     if len(ids) <= length:
         return None
     starts = np.random.default_rng(seed).integers(0, len(ids) - length, size=batch)
-    return np.stack([ids[s : s + length] for s in starts])
+    return np.stack([ids[s : s + length] for s in starts]).astype(np.int64)
 
 
 def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | None, windows: int,
@@ -97,7 +97,8 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     try:
         torch.manual_seed(0)
         wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])
-        splits = text_splits(loaded, data)
+        needs_text = verify or method == "auto" or method in CALIBRATED
+        splits = text_splits(loaded, data) if needs_text else None
         calibration = None if splits is None else sample_windows(
             splits[0], CALIBRATION_WINDOWS * cfg.context_len, CALIBRATION_SEQUENCES, seed=1)
         if method == "auto" and calibration is None:

@@ -139,8 +139,8 @@ def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, na
         if not Path(path).is_file():
             raise PicoError(f"data file not found: {path}")
         val_path = Path(path).with_name("val.bin")
-        val = np.memmap(val_path, dtype=np.uint8, mode="r") if Path(path).name == "train.bin" and \
-            val_path.is_file() else None
+        has_val = Path(path).name == "train.bin" and val_path.is_file()
+        val = np.memmap(val_path, dtype=np.uint8, mode="r") if has_val else None
         return TokenData(np.memmap(path, dtype=np.uint8, mode="r"), seq_len, name=name, val_ids=val), 0
     if path is None:
         path = str(find_tinyshakespeare())
@@ -172,6 +172,7 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
     except ImportError:
         raise PicoError("the wikipedia dataset needs the `datasets` package: pip install 'picogpt[train]'") from None
     datasets.logging.set_verbosity_error()
+    how = {"streaming": True} if streaming else {"streaming": False, "num_proc": num_proc}
     try:
         if data_files:
             import glob
@@ -180,11 +181,9 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
             if not files:
                 raise PicoError(f"--data-files matched no files: {data_files}")
             builder = "parquet" if files[0].endswith(".parquet") else "json"
-            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming,
-                                       **({} if streaming else {"num_proc": num_proc}))
+            ds = datasets.load_dataset(builder, data_files=files, split="train", **how)
         else:
-            ds = datasets.load_dataset(name, config, split="train", streaming=streaming,
-                                       **({} if streaming else {"num_proc": num_proc}))
+            ds = datasets.load_dataset(name, config, split="train", **how)
     except PicoError:
         raise
     except Exception as exc:  # network, missing config, schema: one line for the user

@@ -39,6 +39,7 @@ LAYOUTS = ("fused", "portable")
 INPUTS = ("input_ids", "context", "past_key", "past_value")
 OUTPUTS = ("logits", "present_key", "present_value", "hidden_sum")
 FINGERPRINT_PROMPT = "ROMEO:\n"
+FINGERPRINT_CHARS = 64
 
 
 def fused_cache_names(layer: int) -> tuple[str, str, str, str]:
@@ -60,7 +61,6 @@ def fused_io_names(n_layer: int) -> tuple[list[str], list[str]]:
 def io_names(layout: str, n_layer: int) -> tuple[list[str], list[str]]:
     """Input and output names of a layout."""
     return fused_io_names(n_layer) if layout == "fused" else (list(INPUTS), list(OUTPUTS))
-FINGERPRINT_CHARS = 64
 
 
 def slot_id(config: GPTConfig) -> int:

@@ -381,10 +381,9 @@ def _train(tc: TrainConfig, out: Path, config: GPTConfig, data_path: str | None,
 @cli_errors
 def main(dataset: str, data_path: str | None, data_files: str | None, wiki_name: str, wiki_config: str,
          val_percent: float, out: Path, max_iters: int | None, max_minutes: float | None, batch_size: int,
-         seq_windows: int,
-         lr: float, warmup_iters: int, eval_interval: int, eval_iters: int, threads: int | None, seed: int,
-         resume: bool, context_len: int, n_layer: int, n_head: int, n_embd: int, dropout: float, report: bool,
-         quiet: bool) -> None:
+         seq_windows: int, lr: float, warmup_iters: int, eval_interval: int, eval_iters: int, threads: int | None,
+         seed: int, resume: bool, context_len: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
+         report: bool, quiet: bool) -> None:
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
     config = GPTConfig(context_len=context_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
     tc = TrainConfig(dataset=dataset, batch_size=batch_size, seq_windows=seq_windows, lr=lr, warmup_iters=warmup_iters,

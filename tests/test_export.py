@@ -139,6 +139,24 @@ def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_
         assert "GPTQ on 3,072 calibration characters" in proc.stdout
 
 
+def test_cli_export_reads_prepared_bin_like_training(trained_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
+    """--data takes what picogpt-train takes: a prepared train.bin (with val.bin beside it) as well as text."""
+    from picogpt.data import encode_array
+
+    ids, _ = encode_array(corpus_file.read_text(encoding="utf-8"), CharTokenizer())
+    ids[: len(ids) * 9 // 10].tofile(tmp_path / "train.bin")
+    ids[len(ids) * 9 // 10 :].tofile(tmp_path / "val.bin")
+    out = tmp_path / "m.onnx"
+    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "int4-gptq", "--data",
+                   str(tmp_path / "train.bin"))
+    assert proc.returncode == 0, proc.stderr
+    assert "GPTQ on 3,072 calibration characters" in proc.stdout
+    from_text = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file))
+    assert from_text.returncode == 0, from_text.stderr
+    # the same val split either way, so the same verification windows and the same fp32 val loss
+    assert table_rows(proc.stdout)["none"][5] == table_rows(from_text.stdout)["none"][5] != "n/a"
+
+
 def table_rows(stdout: str) -> dict[str, list[str]]:
     """The verification table printed by picogpt-export: {file name: its columns}."""
     lines = stdout.splitlines()
