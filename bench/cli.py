@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from picogpt.bench.quality import quality
 from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
 from picogpt.errors import PicoError, cli_errors
@@ -83,7 +84,23 @@ def parse_list(text: str, name: str) -> list[int]:
     return values
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class LatencyByDefault(click.Group):
+    """`picogpt-bench CHECKPOINT ...` stays the latency benchmark; `picogpt-bench quality ...` is the other one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["latency", *args]
+        elif not args:
+            args = ["latency"]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=LatencyByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmarks: `latency` (the default: torch vs ONNX Runtime per token) and `quality` (val loss per CPU-minute)."""
+
+
+@main.command("latency", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
 @click.option("--onnx", "onnx_files", type=click.Path(path_type=Path), multiple=True,
               help="Pre-exported .onnx files (repeatable); missing ORT variants are exported from CHECKPOINT.")
@@ -99,7 +116,7 @@ def parse_list(text: str, name: str) -> list[int]:
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
 @cli_errors
-def main(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
+def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
          tokens: int, naive_tokens: int, quick: bool, json_path: Path | None, md_path: Path | None,
          plot_path: Path | None) -> None:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
@@ -173,6 +190,8 @@ def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
             row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
     return rows
 
+
+main.add_command(quality)
 
 if __name__ == "__main__":
     main()

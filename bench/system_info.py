@@ -34,8 +34,10 @@ def machine_report() -> dict:
     return {"cpu": cpu_model(), "isa": isa, "caches": caches, "text": text}
 
 
-def busy_report() -> str:
-    """Non-empty when other processes are running: OpenMP spinning then wrecks 2-thread torch figures."""
+def busy_report(use_load: bool = True) -> str:
+    """Non-empty when other processes are running: OpenMP spinning then wrecks 2-thread torch figures.
+
+    `use_load=False` ignores the load average (right after our own previous run it is still high)."""
     try:
         running = int(next(ln.split()[1] for ln in Path("/proc/stat").read_text().splitlines()
                            if ln.startswith("procs_running")))
@@ -43,6 +45,6 @@ def busy_report() -> str:
         running = 1
     load1 = os.getloadavg()[0]
     others = running - 1  # this process
-    if others >= 1 or load1 > 0.7:
+    if others >= 1 or (use_load and load1 > 0.7):
         return f"load average {load1:.2f}, {others} other runnable process(es)"
     return ""

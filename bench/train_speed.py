@@ -17,25 +17,26 @@ import time
 import click
 
 
-def _measure(engine: str, batch_size: int, threads: int, steps: int, warmup: int) -> float:
+def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, threads: int, steps: int,
+             warmup: int) -> float:
     """Run in a fresh process: tokens/s of `steps` training steps after `warmup`."""
     import torch
     import torch.nn as nn
 
-    from picogpt.config import GPTConfig
     from picogpt.model import GPT, Linear
-    from picogpt.train import TrainConfig, make_optimizer
+    from picogpt.optim import make_optimizer
+    from picogpt.presets import PRESETS
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = GPTConfig()
+    cfg = PRESETS[preset].config()
     model = GPT(cfg)
     if engine == "nanogpt":
         for m in model.modules():
             if type(m) is Linear:
                 m.__class__ = nn.Linear  # nanoGPT's plain addmm linears
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=False)
-        n = cfg.context_len
+        n = seq_windows * cfg.context_len
         idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
         tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
 
@@ -50,8 +51,9 @@ def _measure(engine: str, batch_size: int, threads: int, steps: int, warmup: int
         keep_heap_memory()
         torch.set_num_threads(1)  # threads become data-parallel workers, as picogpt-train does
         runner = StepRunner(model, threads)
-        optimizer = make_optimizer(model, TrainConfig())
-        n = TrainConfig.seq_windows * cfg.context_len
+        name = "muon" if engine == "picogpt-muon" else "adamw"
+        optimizer = make_optimizer(model, name, 1e-3, 0.1, (0.9, 0.99), executor=runner.pool, workers=threads)
+        n = seq_windows * cfg.context_len
         idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
         tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
 
@@ -66,36 +68,45 @@ def _measure(engine: str, batch_size: int, threads: int, steps: int, warmup: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return batch_size * n / statistics.median(times)
 
 
+ENGINES = ["nanogpt", "picogpt", "picogpt-muon"]
+
+
 @click.command()
 @click.option("--batch-size", default=12, show_default=True)
+@click.option("--seq-windows", default=10, show_default=True, help="Windows per sequence (picogpt engines).")
+@click.option("--model", "preset", default="base", show_default=True, help="Model preset.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--tokens", default=60_000, show_default=True, help="Tokens timed per engine per round.")
-@click.option("--engine", type=click.Choice(["nanogpt", "picogpt"]), default=None, hidden=True)
-def main(batch_size: int, threads: int, rounds: int, tokens: int, engine: str | None) -> None:
+@click.option("--engines", default=",".join(ENGINES), show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default=None, hidden=True)
+def main(batch_size: int, seq_windows: int, preset: str, threads: int, rounds: int, tokens: int, engines: str,
+         engine: str | None) -> None:
     """Compare training throughput (tokens/s), each engine in its own process, interleaved."""
     if engine:  # child process
-        per_step = batch_size * 128 * (1 if engine == "nanogpt" else 10)
-        steps = max(3, tokens // per_step)
-        print(json.dumps({"tok_s": _measure(engine, batch_size, threads, steps, warmup=max(2, steps // 3))}))
+        windows = 1 if engine == "nanogpt" else seq_windows
+        steps = max(3, tokens // (batch_size * 128 * windows))
+        tok_s = _measure(engine, preset, batch_size, windows, threads, steps, warmup=max(2, steps // 3))
+        print(json.dumps({"tok_s": tok_s}))
         return
-    results: dict[str, list[float]] = {"nanogpt": [], "picogpt": []}
+    results: dict[str, list[float]] = {name: [] for name in engines.split(",")}
     for r in range(rounds):
         for name in results:
             out = subprocess.run([sys.executable, "-m", "picogpt.bench.train_speed", "--engine", name,
-                                  "--batch-size", str(batch_size), "--threads", str(threads), "--tokens", str(tokens)],
+                                  "--batch-size", str(batch_size), "--seq-windows", str(seq_windows), "--model",
+                                  preset, "--threads", str(threads), "--tokens", str(tokens)],
                                  capture_output=True, text=True, check=True)
             results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
-            print(f"round {r + 1}: {name:8s} {results[name][-1]:8,.0f} tok/s", flush=True)
+            print(f"round {r + 1}: {name:12s} {results[name][-1]:8,.0f} tok/s", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"median tok/s at batch {batch_size}, {threads} threads: nanoGPT {med['nanogpt']:,.0f}  "
-          f"picogpt {med['picogpt']:,.0f}  ratio {med['picogpt'] / med['nanogpt']:.2f}x")
+    print(f"median tok/s, {preset}, batch {batch_size} x {seq_windows} windows, {threads} threads: "
+          + "  ".join(f"{k} {v:,.0f}" for k, v in med.items()))
 
 
 if __name__ == "__main__":

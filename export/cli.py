@@ -16,7 +16,7 @@ from picogpt.export.build import build_files, set_metadata
 from picogpt.export.loading import Loaded, load_any_checkpoint
 from picogpt.export.quantize import CALIBRATED, METHODS
 from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
-from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, OnnxDecoder, metadata_dict
+from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, META_PREFIX, OnnxDecoder, metadata_dict
 
 AUTO_MAX_NATS = 0.02
 CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 384 training characters
@@ -54,7 +54,19 @@ def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | Non
     return np.random.default_rng(0).integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
 
 
-def check_output_path(out: Path) -> None:
+def is_picogpt_export(path: Path) -> bool:
+    """True if `path` is an .onnx file this tool wrote (it carries `picogpt.*` metadata)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, truncated, unreadable: not ours
+        return False
+    return any(p.key.startswith(META_PREFIX) for p in model.metadata_props)
+
+
+def check_output_path(out: Path, checkpoint: Path) -> None:
+    """Refuse before any work: a missing or read-only folder, the input itself, or a file that is not an export."""
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise PicoError(f"output folder does not exist: {folder}")
@@ -62,6 +74,11 @@ def check_output_path(out: Path) -> None:
         raise PicoError(f"output folder is not writable: {folder}")
     if out.is_dir():
         raise PicoError(f"output path is a folder: {out}")
+    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
+        raise PicoError(f"-o {out} is the checkpoint being exported: choose another output path")
+    if out.exists() and not is_picogpt_export(out):
+        raise PicoError(f"-o {out} exists and is not an earlier picogpt export: refusing to overwrite it "
+                        "(remove it, or choose another output path)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +105,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     import onnx
     import torch
 
-    check_output_path(output)
+    check_output_path(output, checkpoint)
     loaded = load_any_checkpoint(checkpoint)
     cfg = loaded.model.config
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "

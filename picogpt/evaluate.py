@@ -6,6 +6,7 @@ with the carried vector than with zeros, the trick does nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from torch.nn import functional as F
 
 from picogpt.checkpoint import load_model
 from picogpt.data import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, open_data
-from picogpt.errors import cli_errors
+from picogpt.errors import PicoError, cli_errors
 from picogpt.model import GPT
 
 
@@ -36,6 +37,61 @@ def window_losses(model: GPT, data, batch_size: int, batches: int, seed: int, ca
     return sums / batches
 
 
+@dataclass
+class StreamScore:
+    """Cross-entropy sums of a streamed text by window index and position in the window."""
+
+    sums: np.ndarray  # [windows, context_len]
+    counts: np.ndarray  # [windows, context_len]
+
+    @property
+    def mean(self) -> float:
+        return float(self.sums.sum() / self.counts.sum())
+
+    def per_window(self) -> np.ndarray:
+        return self.sums.sum(1) / np.maximum(1, self.counts.sum(1))
+
+    def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17)) -> list[tuple[str, float]]:
+        """Mean loss over position ranges of the window (1-based): 1, 2-4, 5-16, 17-end by default."""
+        bounds = [*edges, self.sums.shape[1] + 1]
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            s, c = self.sums[:, lo - 1 : hi - 1].sum(), self.counts[:, lo - 1 : hi - 1].sum()
+            out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / max(1, c))))
+        return out
+
+
+@torch.inference_mode()
+def stream_score(model: GPT, ids: np.ndarray, seq_chars: int = 1280, carry: bool = True,
+                 batch_size: int = 16) -> StreamScore:
+    """Score every character of `ids` after the first, read as the runtime reads text.
+
+    The text is cut into consecutive sequences of `seq_chars` targets; each starts with a zero
+    context vector and carries it from window to window (or zeroes it, `carry=False`).
+    """
+    n = model.config.context_len
+    windows = -(-seq_chars // n)
+    sums, counts = np.zeros((windows, n)), np.zeros((windows, n))
+    x_all, y_all = np.asarray(ids[:-1], dtype=np.int64), np.asarray(ids[1:], dtype=np.int64)
+    full = len(x_all) // seq_chars
+    rows = [(x_all[: full * seq_chars].reshape(full, seq_chars), y_all[: full * seq_chars].reshape(full, seq_chars))]
+    if len(x_all) > full * seq_chars:  # the last, shorter sequence
+        rows.append((x_all[full * seq_chars :][None], y_all[full * seq_chars :][None]))
+    for xs, ys in rows:
+        for b in range(0, len(xs), batch_size):
+            x, y = torch.from_numpy(xs[b : b + batch_size]), torch.from_numpy(ys[b : b + batch_size])
+            for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
+                t = logits.size(1)
+                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, k * n : k * n + t].reshape(-1),
+                                     reduction="none").view(-1, t)
+                sums[k, :t] += ce.sum(0).double().numpy()
+                counts[k, :t] += ce.size(0)
+    return StreamScore(sums, counts)
+
+
+STREAM_WINDOWS = 10  # the runtime's protocol is scored in sequences of 10 windows (1,280 characters by default)
+
+
 def report_from_checkpoint(
     ckpt_path: Path,
     data_path: str | None = None,
@@ -45,21 +101,40 @@ def report_from_checkpoint(
     val_percent: float = 1.0,
     batches: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Print (and return) the carried-vs-zeroed table for a checkpoint on its own val data."""
+    """Print (and return) the carried-vs-zeroed table for a checkpoint on its own val data.
+
+    A text split is scored whole, streamed in sequences of 10 windows as the runtime reads text;
+    Wikipedia's held-out articles are sampled (`batches` batches of the training shape).
+    """
     model, tokenizer, ckpt = load_model(ckpt_path)
     tc = ckpt.get("train_config", {})
-    windows = tc.get("seq_windows", 10)
-    batch_size = tc.get("batch_size", 12)
+    windows = STREAM_WINDOWS if tc.get("dataset") != "wikipedia" else tc.get("seq_windows", 10)
     seed = tc.get("seed", 1337) + 7
+    if tc.get("dataset") == "text" and data_path is None:
+        raise PicoError(f"{ckpt_path} was trained on a text file: pass that file with --data PATH")
     data = open_data(tc.get("dataset", "tinyshakespeare"), tokenizer, windows * model.config.context_len, seed,
                      data_path, data_files, wiki_name, wiki_config, val_percent, warn=lambda m: None)
-    carried = window_losses(model, data, batch_size, batches, seed, carry=True)
-    zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
-    print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
+    streamed = isinstance(getattr(data, "val", None), np.ndarray)
+    if streamed:
+        seq = windows * model.config.context_len
+        carried_s, zeroed_s = (stream_score(model, data.val, seq, carry=c) for c in (True, False))
+        carried, zeroed = carried_s.per_window(), zeroed_s.per_window()
+        means = carried_s.mean, zeroed_s.mean
+        print(f"val loss per window (the whole val split, {int(carried_s.counts.sum()):,} characters, "
+              f"in sequences of {windows} windows):")
+    else:
+        batch_size = tc.get("batch_size", 12)
+        carried = window_losses(model, data, batch_size, batches, seed, carry=True)
+        zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
+        means = float(carried.mean()), float(zeroed.mean())
+        print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
     print("window  carried  zeroed  gain")
     for k, (c, z) in enumerate(zip(carried, zeroed), start=1):
         print(f"{k:>6}  {c:7.4f}  {z:6.4f}  {z - c:+.4f}")
-    print(f"  mean  {carried.mean():7.4f}  {zeroed.mean():6.4f}  {zeroed.mean() - carried.mean():+.4f}")
+    print(f"  mean  {means[0]:7.4f}  {means[1]:6.4f}  {means[1] - means[0]:+.4f}")
+    if streamed:
+        print("by position in the window (carried): "
+              + ", ".join(f"{name}: {loss:.3f}" for name, loss in carried_s.per_position()))
     return carried, zeroed
 
 

@@ -26,8 +26,9 @@ def bundled_model_path() -> Path:
 class StopMatcher:
     """Holds back just enough streamed text to cut it before any stop string."""
 
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
+    def __init__(self, stops: str | Sequence[str]) -> None:
+        # one string is one stop string (not a list of its characters)
+        self.stops = [s for s in ([stops] if isinstance(stops, str) else stops) if s]
         self.pending = ""
         self.stopped = False
 
@@ -99,7 +100,7 @@ class Generator:
 
     def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
                top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: Sequence[str] = ()) -> Iterator[str]:
+               stop: str | Sequence[str] = ()) -> Iterator[str]:
         """Yield text pieces of one sample as they are produced (cut before any `stop` string)."""
         sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
         matcher = StopMatcher(stop)
@@ -115,7 +116,7 @@ class Generator:
 
     def generate(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] = (), num_samples: int = 1) -> str | list[str]:
+                 stop: str | Sequence[str] = (), num_samples: int = 1) -> str | list[str]:
         """The continuation of `prompt` (a list of `num_samples` continuations when > 1)."""
         sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
         rows: list[list[int]] = [[] for _ in range(num_samples)]

@@ -1,0 +1,198 @@
+"""`picogpt-bench quality`: which recipe and preset reach the lowest val loss in M minutes of CPU.
+
+Each (recipe, preset) trains for the same wall time with `picogpt-train --max-minutes M`, in its
+own process, one after another (never side by side: two runs would share the cores). Each
+checkpoint is then scored the same way, in its own process: mean cross-entropy of every
+character of the full validation split, streamed in 1,280-character sequences with the context
+vector carried from window to window (the runtime's protocol), and again with it zeroed.
+The reference row is nanoGPT's README CPU recipe, reproduced with this project's model code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from picogpt.errors import PicoError, cli_errors
+
+# name -> (picogpt-train arguments, presets it runs with; None = the arguments fix the shape)
+RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
+    # This project's default: Muon + AdamW, warmup-stable-cooldown fitted to the minutes, 4 x 2 windows.
+    "picogpt": ([], ["pico", "small", "base"]),
+    # The recipe before this benchmark: AdamW, cosine, 4 sequences of 10 windows, lr 3e-3.
+    "seed": (["--optimizer", "adamw", "--schedule", "cosine", "--seq-windows", "10", "--lr", "3e-3"], ["base"]),
+    # nanoGPT's README CPU recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12, AdamW 1e-3, no dropout.
+    "nanogpt": (["--context-len", "64", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--seq-windows", "1",
+                 "--batch-size", "12", "--optimizer", "adamw", "--schedule", "cosine", "--lr", "1e-3",
+                 "--warmup-iters", "100", "--eval-interval", "250", "--eval-iters", "20"], None),
+}
+SEQ_CHARS = 1280  # the streaming protocol's sequence: 10 windows of the default 128 characters
+
+
+def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
+    """Full-val cross-entropy, carried and zeroed, per window and per window position (run in a child)."""
+    import torch
+
+    from picogpt.checkpoint import load_model
+    from picogpt.data import load_token_data
+    from picogpt.evaluate import stream_score
+
+    torch.set_num_threads(threads)
+    model, tokenizer, ckpt_dict = load_model(ckpt)
+    dataset = ckpt_dict.get("train_config", {}).get("dataset", "tinyshakespeare")
+    if dataset == "wikipedia":
+        raise PicoError("the quality benchmark scores a text split; this checkpoint was trained on Wikipedia")
+    val = load_token_data(data, tokenizer, SEQ_CHARS, "data")[0].val
+    carried, zeroed = (stream_score(model, val, SEQ_CHARS, carry=c) for c in (True, False))
+    return {"val_loss": carried.mean, "zeroed": zeroed.mean, "targets": int(carried.counts.sum()),
+            "per_window": carried.per_window().tolist(), "per_window_zeroed": zeroed.per_window().tolist(),
+            "per_position": carried.per_position()}
+
+
+def run_one(recipe: str, preset: str | None, minutes: float, out: Path, data: str | None, threads: int) -> dict:
+    """Train one (recipe, preset) for `minutes` in a child process, then score it in another."""
+    args, _ = RECIPES[recipe]
+    cmd = [sys.executable, "-m", "picogpt.train", "--out", str(out), "--max-minutes", str(minutes), "--quiet",
+           "--no-report", "--threads", str(threads), *args, *(["--model", preset] if preset else [])]
+    if data:
+        cmd += ["--dataset", "text", "--data", data]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PicoError(f"{recipe}/{preset}: training failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    wall = time.perf_counter() - t0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    header = proc.stdout.splitlines()[0]
+    score_cmd = [sys.executable, "-m", "picogpt.bench.quality", "--score", str(out / "ckpt.pt"),
+                 "--threads", str(threads), *(["--data", data] if data else [])]
+    scored = subprocess.run(score_cmd, capture_output=True, text=True)
+    if scored.returncode != 0:
+        raise PicoError(f"{recipe}/{preset}: scoring failed: {(scored.stderr.strip().splitlines() or ['?'])[-1]}")
+    last = log[-1]
+    per_step = int(header.split(" tokens per step")[0].split()[-1].replace(",", ""))
+    return {"recipe": recipe, "preset": preset or "custom", "minutes": minutes, "steps": last["step"],
+            "train_s": last["elapsed_s"], "wall_s": round(wall, 1), "tokens_per_step": per_step,
+            "tokens_per_s": last["step"] * per_step / max(1e-9, last["elapsed_s"]),
+            "params_m": float(header.split("M parameters")[0].split()[-1]),
+            "curve": [(r["elapsed_s"], r["val_loss"]) for r in log], **json.loads(scored.stdout.splitlines()[-1])}
+
+
+COLUMNS = ["minutes", "recipe", "preset", "params_m", "steps", "tokens_per_s", "val_loss", "zeroed", "worse_windows"]
+
+
+def worse_windows(row: dict) -> int:
+    """Windows 2.. where the carried context vector scores worse than zeros (should be 0)."""
+    return sum(c > z + 1e-4 for c, z in list(zip(row["per_window"], row["per_window_zeroed"]))[1:])
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """A markdown table of the runs, best val loss first within each budget."""
+    lines = ["| min | recipe | preset | params | steps | tok/s | val (carried) | val (zeroed) | windows 2+ worse |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["minutes"], r["val_loss"])):
+        lines.append(f"| {r['minutes']:g} | {r['recipe']} | {r['preset']} | {r['params_m']:.2f}M | {r['steps']:,} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['val_loss']:.4f} | {r['zeroed']:.4f} | {worse_windows(r)} |")
+    return lines
+
+
+def write_plot(path: Path, rows: list[dict]) -> None:
+    """Val loss (the training log's estimate) against wall time, one line per run; the full-val score as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for r in rows:
+        t, v = zip(*r["curve"])
+        line, = ax.plot([x / 60 for x in t], v, label=f"{r['recipe']}/{r['preset']} ({r['minutes']:g} min)")
+        ax.plot(r["train_s"] / 60, r["val_loss"], "o", color=line.get_color())
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("val loss (nats/char)")
+    ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
+    ax.set_title("PicoGPT: val loss per CPU-minute (dots: full val split, streamed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse_minutes(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PicoError(f"--minutes takes a comma-separated list of numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise PicoError(f"--minutes needs positive numbers, got {text!r}")
+    return values
+
+
+def plan(recipes: list[str], presets: list[str] | None) -> list[tuple[str, str | None]]:
+    """(recipe, preset) pairs to run; `presets` narrows the recipes that take a preset."""
+    runs = []
+    for name in recipes:
+        if name not in RECIPES:
+            raise PicoError(f"unknown recipe {name!r}; choose from: {', '.join(RECIPES)}")
+        own = RECIPES[name][1]
+        runs += [(name, None)] if own is None else [(name, p) for p in own if presets is None or p in presets]
+    return runs
+
+
+@click.command("quality")
+@click.option("--minutes", "minutes_text", default="2,10", show_default=True, help="Wall-time budgets, e.g. 2,10.")
+@click.option("--recipes", default=",".join(RECIPES), show_default=True)
+@click.option("--presets", default=None, help="Only these presets (default: each recipe's list).")
+@click.option("--data", default=None, help="Text file (default: tinyshakespeare, as picogpt-train finds it).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quality"), show_default=True,
+              help="Folder for the runs' checkpoints and logs.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@cli_errors
+def quality(minutes_text: str, recipes: str, presets: str | None, data: str | None, threads: int, out: Path,
+            json_path: Path | None, md_path: Path | None, plot_path: Path | None) -> None:
+    """Train each recipe for the same wall time, one after another, and score each on the full val split."""
+    from picogpt.bench.system_info import busy_report, machine_report
+
+    minutes = parse_minutes(minutes_text)
+    runs = plan([r for r in recipes.split(",") if r], presets.split(",") if presets else None)
+    if not runs:
+        raise PicoError("nothing to run: no recipe takes the presets given")
+    click.echo(machine_report()["text"])
+    rows = []
+    for m in minutes:
+        for recipe, preset in runs:
+            busy = busy_report(use_load=False)
+            if busy:
+                click.echo(f"warning: the machine is busy ({busy}); this run's figures are unreliable", err=True)
+            click.echo(f"training {recipe}/{preset or 'custom'} for {m:g} min ...", err=True)
+            rows.append(run_one(recipe, preset, m, out / f"{recipe}-{preset or 'custom'}-{m:g}min", data, threads))
+            click.echo(f"  val {rows[-1]['val_loss']:.4f} (zeroed {rows[-1]['zeroed']:.4f}) "
+                       f"after {rows[-1]['steps']:,} steps", err=True)
+    lines = table_lines(rows)
+    click.echo("\n".join(lines))
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2))
+    if md_path:
+        md_path.write_text("\n".join(lines) + "\n")
+    if plot_path:
+        write_plot(plot_path, rows)
+
+
+@click.command()
+@click.option("--score", "ckpt", type=click.Path(path_type=Path), required=True)
+@click.option("--data", default=None)
+@click.option("--threads", type=int, default=2)
+def _child(ckpt: Path, data: str | None, threads: int) -> None:
+    print(json.dumps(score_checkpoint(ckpt, data, threads)))
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,147 @@
+"""Optimizers and learning-rate schedules for `picogpt-train` (fp32 only).
+
+Two optimizers, chosen with `--optimizer`:
+  * `adamw`: nanoGPT's AdamW (matrices and embeddings decay, biases and LayerNorm gains do not);
+  * `muon`:  Muon (orthogonalised momentum) for the hidden 2-D matrices of the blocks, AdamW for
+             the embedding/head, biases and gains. torch 2.13's `torch.optim.Muon` runs its
+             Newton-Schulz iterations in bf16, which old CPUs lack: ours runs them in fp32, batched
+             over the layers' same-shaped matrices and split over the training workers' cores.
+
+Muon's update is rescaled to AdamW's typical RMS (0.2 * sqrt(max(rows, cols)), the "match RMS"
+rule of Moonlight), so both groups share one `--lr` and one weight decay.
+
+Two schedules, chosen with `--schedule`, both a factor of `--lr` after a linear warmup:
+  * `cosine`: decay to `min_lr_ratio` at the horizon (nanoGPT);
+  * `wsd`:    warmup, a long stable phase, then a linear cooldown to zero over the last
+              `cooldown_frac` of the steps, ending at the horizon (which a time budget fits to the minutes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import torch
+
+# Quintic Newton-Schulz coefficients (Keller Jordan's Muon): pushes singular values towards ~1 in 5 steps.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+OPTIMIZERS = ("muon", "adamw")
+
+
+def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+    """Approximate U V^T of each matrix of a [k, m, n] stack by Newton-Schulz, in fp32."""
+    x = g.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide side: X X^T is then the smaller Gram matrix
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*G + c*G@G
+        x = torch.baddbmm(x, poly, x, beta=a)  # a*X + poly@X
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, orthogonalised per matrix, with decoupled weight decay (fp32).
+
+    Parameters of the same shape are stacked so each Newton-Schulz step is one batched matmul;
+    with an `executor` the stack is split in halves (or more) run on the training workers' threads.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.95, weight_decay: float = 0.0,
+                 executor: Executor | None = None, workers: int = 1) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.executor, self.workers = executor, workers
+
+    def _updates(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        stack = torch.stack(grads)
+        if self.executor is None or self.workers < 2 or len(grads) < 2:
+            return list(orthogonalize(stack))
+        parts = list(self.executor.map(orthogonalize, stack.chunk(self.workers)))
+        return [u for part in parts for u in part]
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> None:
+        for group in self.param_groups:
+            by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                moms = []
+                for p in params:
+                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                    buf.lerp_(p.grad, 1 - group["momentum"])
+                    moms.append(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+                scale = 0.2 * math.sqrt(max(shape[-2], shape[-1]))
+                for p, u in zip(params, self._updates(moms)):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(u, alpha=-group["lr"] * scale)
+
+
+class Optimizers:
+    """One or two torch optimizers stepped together (the checkpoint stores their states as a list)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["optimizers"] if "optimizers" in state else [state]  # older checkpoints: one AdamW
+        if len(states) != len(self.optimizers):
+            raise ValueError("optimizer state does not match the optimizer")
+        for o, s in zip(self.optimizers, states):
+            o.load_state_dict(s)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+                   executor: Executor | None = None, workers: int = 1) -> Optimizers:
+    """`adamw` or `muon` over the model's parameters (see the module docstring for the split)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # Muon takes the hidden matrices of the blocks; the tied embedding/head is not a hidden matrix.
+    hidden = [p for n, p in params if p.dim() == 2 and ".h." in f".{n}"] if name == "muon" else []
+    hidden_ids = {id(p) for p in hidden}
+    decay = [p for _, p in params if p.dim() >= 2 and id(p) not in hidden_ids]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused CPU kernel updates every AdamW parameter in one pass (measured faster than foreach here).
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)]
+    if hidden:
+        optimizers.append(Muon(hidden, lr=lr, weight_decay=weight_decay, executor=executor, workers=workers))
+    return Optimizers(optimizers)
+
+
+def lr_factor(step: int, schedule: str, warmup: int, horizon: int, min_ratio: float, cooldown_frac: float) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based) for a run of `horizon` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "wsd":
+        cooldown = max(1, int(round(cooldown_frac * horizon)))
+        start = max(warmup, horizon - cooldown)
+        if step < start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / max(1, horizon - start))
+    progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
