@@ -12,7 +12,7 @@ RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --i
 
 # The bundled model's recipe (see README): the base preset (the seed's 6.34M model), Muon + AdamW with a
 # warmup-stable-cooldown schedule over PRETRAINED_ITERS steps, dropout 0.1 (training only), exported int8.
-PRETRAINED_ITERS   ?= 6000
+PRETRAINED_ITERS   ?= 3600
 PRETRAINED_MINUTES ?= 150
 PRETRAINED_DIR     ?= runs/pretrained
 

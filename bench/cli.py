@@ -21,7 +21,8 @@ import click
 from picogpt.bench.quality import quality
 from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, check_writable_file, cli_errors
+from picogpt.system import check_threads
 
 ORT_ENGINES = {"ort-fp32": "none", "ort-int8": "int8", "ort-int4": "int4"}
 
@@ -122,9 +123,11 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
     from picogpt.bench.report import print_table, write_markdown, write_plot
 
+    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
+        check_writable_file(path, flag)
     threads = parse_list(threads_text, "--threads")
-    if any(t < 1 for t in threads):
-        raise PicoError(f"--threads must be >= 1, got {threads_text}")
+    for t in threads:
+        check_threads(t)
     if cores:
         wanted = set(parse_list(cores, "--cores"))
         available = os.sched_getaffinity(0)

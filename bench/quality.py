@@ -18,7 +18,8 @@ from pathlib import Path
 
 import click
 
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, check_writable_file, cli_errors
+from picogpt.system import check_threads
 
 # name -> (picogpt-train arguments, presets it runs with; None = the arguments fix the shape)
 RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
@@ -52,6 +53,36 @@ def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
     return {"val_loss": carried.mean, "zeroed": zeroed.mean, "targets": int(carried.counts.sum()),
             "per_window": carried.per_window().tolist(), "per_window_zeroed": zeroed.per_window().tolist(),
             "per_position": carried.per_position()}
+
+
+def score_onnx(path: Path, data: str | None, threads: int) -> dict:
+    """Full-val cross-entropy of an exported file, streamed through the runtime's decoder (torch-free):
+    the val text in consecutive 1,280-character sequences, all of them fed in lockstep one id a step."""
+    import numpy as np
+
+    from picogpt.data import load_token_data
+    from picogpt.onnx_io import OnnxDecoder
+
+    dec = OnnxDecoder(path, threads=threads)
+    ids = np.asarray(load_token_data(data, dec.tokenizer, SEQ_CHARS, "data")[0].val, dtype=np.int64)
+    x, y = ids[:-1], ids[1:]
+    total, count = 0.0, 0
+    for start in range(0, len(x), SEQ_CHARS * 64):  # 64 sequences at a time bound the memory
+        block = x[start : start + SEQ_CHARS * 64]
+        rows = len(block) // SEQ_CHARS
+        parts = [(block[: rows * SEQ_CHARS].reshape(rows, SEQ_CHARS), start)] if rows else []
+        if len(block) > rows * SEQ_CHARS:
+            parts.append((block[rows * SEQ_CHARS :][None], start + rows * SEQ_CHARS))
+        for xs, offset in parts:
+            ys = y[offset : offset + xs.size].reshape(xs.shape)
+            state = dec.new_state(xs.shape[0])
+            for t in range(xs.shape[1]):
+                logits = dec.feed(xs[:, t : t + 1], state).astype(np.float64)
+                logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+                total += float((logz - logits[np.arange(len(ys)), ys[:, t]]).sum())
+                count += len(ys)
+    return {"file": str(path), "val_loss": total / count, "targets": count,
+            "quantization": dec.metadata.get("quantization", "none")}
 
 
 def run_one(recipe: str, preset: str | None, minutes: float, out: Path, data: str | None, threads: int) -> dict:
@@ -155,12 +186,28 @@ def plan(recipes: list[str], presets: list[str] | None) -> list[tuple[str, str |
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@click.option("--onnx", "onnx_files", type=click.Path(path_type=Path), multiple=True,
+              help="Only score these exported files on the full val split through the runtime (no training).")
 @cli_errors
 def quality(minutes_text: str, recipes: str, presets: str | None, data: str | None, threads: int, out: Path,
-            json_path: Path | None, md_path: Path | None, plot_path: Path | None) -> None:
+            json_path: Path | None, md_path: Path | None, plot_path: Path | None,
+            onnx_files: tuple[Path, ...]) -> None:
     """Train each recipe for the same wall time, one after another, and score each on the full val split."""
+    if onnx_files:
+        for f in onnx_files:
+            r = score_onnx(f, data, threads)
+            click.echo(f"{f}: val {r['val_loss']:.4f} on {r['targets']:,} characters ({r['quantization']}, "
+                       "streamed through the runtime in 1,280-character sequences)")
+        return
     from picogpt.bench.system_info import busy_report, machine_report
 
+    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
+        check_writable_file(path, flag)
+    check_threads(threads)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PicoError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
     minutes = parse_minutes(minutes_text)
     runs = plan([r for r in recipes.split(",") if r], presets.split(",") if presets else None)
     if not runs:

@@ -17,6 +17,7 @@ from picogpt.export.loading import Loaded, load_any_checkpoint
 from picogpt.export.quantize import CALIBRATED, METHODS
 from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
 from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, META_PREFIX, OnnxDecoder, metadata_dict
+from picogpt.system import check_threads
 
 AUTO_MAX_NATS = 0.02
 CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 384 training characters
@@ -106,6 +107,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     import torch
 
     check_output_path(output, checkpoint)
+    check_threads(threads)
     loaded = load_any_checkpoint(checkpoint)
     cfg = loaded.model.config
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "

@@ -72,7 +72,13 @@ def load_any_checkpoint(path: str | Path) -> Loaded:
         return Loaded(model, tok, "picogpt", obj.get("step"), obj.get("val_loss"))
     if "model" in obj and "model_args" in obj:  # nanoGPT's train.py
         args = obj["model_args"]
+        if not isinstance(args, dict) or not isinstance(obj["model"], dict):
+            raise PicoError(f"{path}: a nanoGPT checkpoint whose model_args or model is not a dict")
         model = _model_from_state_dict(obj["model"], args.get("n_head"))
+        if model.config.vocab_size != CharTokenizer().vocab_size:
+            raise PicoError(f"{path}: a nanoGPT checkpoint with a vocabulary of {model.config.vocab_size}; PicoGPT's "
+                            f"tokenizer has {CharTokenizer().vocab_size} characters, so its ids would mean other "
+                            "characters (train with picogpt-train, or nanoGPT on PicoGPT's vocabulary)")
         best = obj.get("best_val_loss")
         return Loaded(model, CharTokenizer(), "nanogpt", obj.get("iter_num"), None if best is None else float(best))
     if "best_weight" in obj:  # the original PicoGPT's log.pkl

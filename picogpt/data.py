@@ -72,11 +72,19 @@ def _download_tinyshakespeare(dest: Path) -> Path:
     return dest
 
 
+def check_data_file(p: Path) -> None:
+    """Refuse, in one line, a path that is not a regular file: missing, a folder, a FIFO or a device."""
+    if not p.exists():
+        raise PicoError(f"data file not found: {p}")
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise PicoError(f"data file {p} is {kind}: give a text file or a prepared .bin")
+
+
 def read_text_file(path: str | os.PathLike) -> str:
     """Read a UTF-8 text file, refusing missing, empty and binary files with a clear message."""
     p = Path(path)
-    if not p.is_file():
-        raise PicoError(f"data file not found: {p}")
+    check_data_file(p)
     raw = p.read_bytes()
     if not raw.strip():
         raise PicoError(f"data file is empty: {p}")
@@ -129,6 +137,18 @@ class TokenData:
         return rows[:, :-1], rows[:, 1:]
 
 
+def open_ids(path: Path, tokenizer: CharTokenizer) -> np.ndarray:
+    """Memory-map a prepared .bin of uint8 ids, refusing an empty file or ids outside the vocabulary."""
+    if path.stat().st_size == 0:
+        raise PicoError(f"{path} is empty: prepare it again with picogpt-prepare")
+    ids = np.memmap(path, dtype=np.uint8, mode="r")
+    top = max(int(ids[i : i + 2**26].max()) for i in range(0, len(ids), 2**26))  # in chunks: bounded memory
+    if top >= tokenizer.vocab_size:
+        raise PicoError(f"{path} holds id {top}, outside this tokenizer's {tokenizer.vocab_size} ids: "
+                        "it is not a picogpt-prepare file (give a text file, or prepare it again)")
+    return ids
+
+
 def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, name: str) -> tuple[TokenData, int]:
     """Text file (or tinyshakespeare, found or downloaded) -> TokenData, unknown-char count.
 
@@ -136,12 +156,11 @@ def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, na
     `train.bin` with a `val.bin` beside it (otherwise the last 10% of the file is validation).
     """
     if path is not None and str(path).endswith(".bin"):
-        if not Path(path).is_file():
-            raise PicoError(f"data file not found: {path}")
+        check_data_file(Path(path))
         val_path = Path(path).with_name("val.bin")
         has_val = Path(path).name == "train.bin" and val_path.is_file()
-        val = np.memmap(val_path, dtype=np.uint8, mode="r") if has_val else None
-        return TokenData(np.memmap(path, dtype=np.uint8, mode="r"), seq_len, name=name, val_ids=val), 0
+        val = open_ids(val_path, tokenizer) if has_val else None
+        return TokenData(open_ids(Path(path), tokenizer), seq_len, name=name, val_ids=val), 0
     if path is None:
         path = str(find_tinyshakespeare())
     ids, unknown = encode_array(read_text_file(path), tokenizer)
@@ -157,6 +176,33 @@ WIKI_DEFAULT_CONFIG = "20231101.en"
 def is_val_article(article_id: str, val_percent: float) -> bool:
     """Deterministic train/val split by article: a stable hash of the id, not the stream order."""
     return zlib.crc32(str(article_id).encode("utf-8")) % 10_000 < val_percent * 100
+
+
+def check_article_files(files: list[str]) -> None:
+    """Refuse a damaged file of a local Wikipedia set before training starts (streaming would only
+    reach it hundreds of steps in): parquet footers must read, JSON lines must parse."""
+    import json
+
+    for name in files:
+        try:
+            if name.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                pq.read_metadata(name)
+            else:
+                with open(name, encoding="utf-8") as f:
+                    try:  # JSON lines, one article each ...
+                        for line in f:
+                            if line.strip():
+                                json.loads(line)
+                    except ValueError:
+                        if name.endswith(".jsonl"):
+                            raise
+                        f.seek(0)
+                        json.load(f)  # ... or one JSON document
+        except Exception as exc:  # pyarrow, json and unicode errors: all mean the same to the user
+            raise PicoError(f"--data-files: {name} is damaged ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); fix or remove it") from None
 
 
 def open_article_stream(name: str, config: str | None, data_files: str | None, streaming: bool = True,
@@ -180,6 +226,7 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
             files = sorted(glob.glob(data_files))
             if not files:
                 raise PicoError(f"--data-files matched no files: {data_files}")
+            check_article_files(files)
             builder = "parquet" if files[0].endswith(".parquet") else "json"
             ds = datasets.load_dataset(builder, data_files=files, split="train", **how)
         else:

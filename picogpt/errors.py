@@ -33,3 +33,20 @@ def cli_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_writable_file(path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: no folder, a read-only one, a folder."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise PicoError(f"{flag} {p} is a folder, not a file")
+    if not folder.is_dir():
+        raise PicoError(f"{flag} {p}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise PicoError(f"{flag} {p} cannot be written (permission denied)")

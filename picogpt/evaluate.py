@@ -18,6 +18,7 @@ from picogpt.checkpoint import load_model
 from picogpt.data import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, open_data
 from picogpt.errors import PicoError, cli_errors
 from picogpt.model import GPT
+from picogpt.system import check_threads
 
 
 @torch.inference_mode()
@@ -148,6 +149,7 @@ def report_from_checkpoint(
 @cli_errors
 def main(checkpoint: Path, data_path: str | None, data_files: str | None, batches: int, threads: int | None) -> None:
     """Report val loss per window index with the carried context vector and with it zeroed."""
+    check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
     report_from_checkpoint(checkpoint, data_path, data_files, batches=batches)

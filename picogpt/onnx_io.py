@@ -170,6 +170,32 @@ class FusedCache:
         return self.logits.copy(), self.hidden_sum
 
 
+def read_contract(path: Path, meta: dict[str, str], session: Any) -> tuple[GPTConfig, CharTokenizer, int]:
+    """Config, tokenizer and slot id from the metadata, checked against each other and the graph's own shapes,
+    so a damaged or hand-edited file is refused at load, before any text is printed."""
+    try:
+        config = GPTConfig.from_json(meta["config"])
+        tokenizer = CharTokenizer.from_json(meta["tokenizer"])
+        slot = json.loads(meta["protocol"])["slot_id"]
+    except KeyError as exc:
+        raise PicoError(f"{path}: the picogpt metadata lacks {exc}") from None
+    except (ValueError, TypeError) as exc:  # PicoError is neither: the config/tokenizer messages pass through
+        raise PicoError(f"{path}: the picogpt metadata is not valid ({exc})") from None
+    except PicoError as exc:
+        raise PicoError(f"{path}: the picogpt metadata is not valid ({exc})") from None
+    if not isinstance(slot, int) or slot != config.vocab_size:
+        raise PicoError(f"{path}: metadata slot_id {slot!r} is not the vocabulary size {config.vocab_size}")
+    if tokenizer.vocab_size != config.vocab_size:
+        raise PicoError(f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the config says "
+                        f"{config.vocab_size}")
+    graph = {t.name: t.shape for t in [*session.get_inputs(), *session.get_outputs()]}
+    for name, dim, want in (("context", 1, config.n_embd), ("logits", 1, config.vocab_size)):
+        got = graph.get(name, [None, None])[dim]
+        if isinstance(got, int) and got != want:
+            raise PicoError(f"{path}: the graph's {name} has size {got} where the metadata's config says {want}")
+    return config, tokenizer, slot
+
+
 class OnnxDecoder:
     """Load a PicoGPT .onnx file and feed tokens through it, window protocol included."""
 
@@ -190,9 +216,7 @@ class OnnxDecoder:
         if self.metadata["format_version"] not in {str(v) for v in READABLE_VERSIONS}:
             raise PicoError(f"{path} has PicoGPT format version {self.metadata['format_version']}; "
                             f"this picogpt reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-        self.config = GPTConfig.from_json(self.metadata["config"])
-        self.tokenizer = CharTokenizer.from_json(self.metadata["tokenizer"])
-        self.slot_id = json.loads(self.metadata["protocol"])["slot_id"]
+        self.config, self.tokenizer, self.slot_id = read_contract(path, self.metadata, self.session)
         self.layout = self.metadata.get("layout", "portable")
         if self.layout not in LAYOUTS:
             raise PicoError(f"{path}: unknown graph layout {self.layout!r} (this picogpt reads {', '.join(LAYOUTS)})")

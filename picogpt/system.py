@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from picogpt.errors import PicoError
+
 
 def _cpuinfo() -> str:
     try:
@@ -52,3 +54,33 @@ def cpu_flags() -> set[str]:
 def has_vnni() -> bool:
     """AVX-512 VNNI or AVX-VNNI: without either, signed int8 weights saturate in ORT's kernels."""
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def max_threads() -> int:
+    """The most threads any command accepts: 4 per logical CPU (more only thrashes)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None, flag: str = "--threads") -> None:
+    """Refuse thread counts below 1 or above `max_threads()` with one line."""
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise PicoError(f"{flag} must be between 1 and {max_threads()} (4 per CPU here), got {threads}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(needed: int, what: str, flag: str) -> None:
+    """Refuse a request whose estimated memory exceeds what this machine has available."""
+    free = available_memory()
+    if free is not None and needed > 0.9 * free:
+        raise PicoError(f"{flag}: {what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is "
+                        "available here; lower it")

@@ -22,11 +22,13 @@ def chat_prompt(question: str) -> str:
 
 def stream_to_stdout(gen: Generator, prompt_ids: list[int], max_new: int, sampling: SamplingConfig,
                      seed: int | None, stops: list[str], state=None) -> tuple[int, float]:
-    """Print one sample as it is produced; returns (tokens generated, seconds)."""
+    """Print one sample as it is produced; returns (tokens generated, seconds of generation after the prefill)."""
     matcher = StopMatcher(stops)
     n, t0 = 0, time.perf_counter()
     try:
         for ids in gen.stream_ids(prompt_ids, max_new, sampling, seed, state=state):
+            if n == 0:
+                t0 = time.perf_counter()  # the first token comes with the prefill, timed apart
             n += 1
             piece = matcher.push(gen.tokenizer.decode([int(ids[0])]))
             if piece:
@@ -82,21 +84,51 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
         run_repl(gen, max_new_tokens, sampling, seed, stops, chat)
         return
     if prompt is None:
-        prompt = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        prompt = read_stdin()
     text = chat_prompt(prompt) if chat else prompt
     if num_samples > 1:
-        samples = gen.generate(text, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stops,
-                               num_samples)
-        for i, s in enumerate(samples):
-            click.echo(f"--- sample {i + 1} ---\n{s}")
+        print_samples(gen, text, max_new_tokens, sampling, seed, stops, num_samples)
         return
     ids = gen.encode_prompt(text)
     if not chat:  # like nanoGPT's sample.py, the output starts with the prompt itself
         sys.stdout.write(prompt)
     n, secs = stream_to_stdout(gen, ids, max_new_tokens, sampling, seed, stops)
     if stats and n:
-        click.echo(f"load {load_s * 1000:.0f} ms | prompt {len(ids)} chars | {n} tokens in {secs:.3f} s: "
-                   f"{secs / n * 1000:.3f} ms/token, {n / secs:,.0f} tokens/s", err=True)
+        per = secs / max(1, n - 1)
+        click.echo(f"load {load_s * 1000:.0f} ms | prefill {len(ids):,} chars in {gen.prefill_seconds * 1000:.1f} ms "
+                   f"| {n} tokens, {per * 1000:.3f} ms/token after the first, {1 / per if per else 0:,.0f} tokens/s",
+                   err=True)
+
+
+def print_samples(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,
+                  stops: list[str], num_samples: int) -> None:
+    """Several samples in lockstep, with a progress line on stderr; Ctrl-C prints what each has so far."""
+    samples: list[str] = [""] * num_samples
+    try:
+        stream = gen.stream_samples(gen.encode_prompt(text), max_new, sampling, seed, stops, num_samples)
+        for i, now in enumerate(stream):
+            samples = now
+            if i % 50 == 0:
+                click.echo(f"\r{num_samples} samples: {min(i, max_new)}/{max_new} characters", err=True, nl=False)
+        click.echo("", err=True)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        for i, s in enumerate(samples):
+            click.echo(f"--- sample {i + 1} (interrupted) ---\n{s}")
+        raise
+    for i, s in enumerate(samples):
+        click.echo(f"--- sample {i + 1} ---\n{s}")
+
+
+def read_stdin() -> str:
+    """The prompt piped on stdin ("" on a terminal), refused in one line if it is not UTF-8."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PicoError(f"the prompt on stdin is not valid UTF-8 (byte {exc.start})") from None
 
 
 def run_repl(gen: Generator, max_new: int, sampling: SamplingConfig, seed: int | None, stops: list[str],

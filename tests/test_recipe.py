@@ -126,6 +126,9 @@ def test_resume_refuses_another_optimizer_and_warns_of_ignored_flags(corpus_file
     assert run_cli("picogpt.train", *base, "--max-iters", "2", "--optimizer", "adamw").returncode == 0
     proc = run_cli("picogpt.train", *base, "--max-iters", "4", "--resume", "--optimizer", "muon")
     assert_one_line_error(proc, "--optimizer adamw")
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
+                   "--max-iters", "4", "--resume", "--model", "pico", "--quiet", "--no-report")
+    assert_one_line_error(proc, "--model custom")
     proc = run_cli("picogpt.train", *base, "--max-iters", "4", "--resume", "--lr", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert "--lr 0.5 is ignored on --resume" in proc.stderr

@@ -122,3 +122,121 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     if (out / "ckpt.pt").exists():  # only checkpoints saved before the blow-up: finite weights
         state = torch.load(out / "ckpt.pt", weights_only=True)["model"]
         assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def bad_data_files(tmp: Path) -> dict[str, Path]:
+    folder = tmp / "folder"
+    folder.mkdir()
+    fifo = tmp / "pipe.txt"
+    os.mkfifo(fifo)
+    empty_bin = tmp / "empty" / "train.bin"
+    empty_bin.parent.mkdir()
+    empty_bin.write_bytes(b"")
+    foreign_bin = tmp / "foreign.bin"
+    foreign_bin.write_bytes(bytes(range(256)) * 64)  # ids up to 255: not this tokenizer's
+    return {"a folder": folder, "not a regular file": fifo, "is empty": empty_bin,
+            "outside this tokenizer": foreign_bin, "not a regular file ": Path("/dev/zero")}
+
+
+def test_data_that_is_not_character_text_is_one_line(tmp_path: Path) -> None:
+    for fragment, path in bad_data_files(tmp_path).items():
+        proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(path), "--out", str(tmp_path / "o"),
+                       "--max-iters", "1", *FAST, timeout=60)
+        assert_one_line_error(proc, fragment.strip())
+
+
+def test_negative_seed_and_absurd_threads_are_one_line(corpus_file: Path, tmp_path: Path) -> None:
+    base = train_args(corpus_file, tmp_path / "o", "--max-iters", "1")
+    assert_one_line_error(run_cli("picogpt.train", *base, "--seed", "-1"), "--seed")
+    assert_one_line_error(run_cli("picogpt.train", *base, "--threads", "100000"), "--threads")
+    assert_one_line_error(run_cli("picogpt.runtime", "--prompt", "A", "--seed", "-5"), "--seed")
+    assert_one_line_error(run_cli("picogpt.runtime", "--prompt", "A", "--threads", "100000"), "--threads")
+    assert_one_line_error(run_cli("picogpt.runtime", "--prompt", "A", "--num-samples", "100000000"),
+                          "--num-samples")
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "picogpt.runtime", "--max-new-tokens", "5"], input=b"ROMEO \xff\xfe",
+                          capture_output=True, timeout=60)
+    proc.stderr, proc.stdout = proc.stderr.decode(), proc.stdout.decode()
+    assert_one_line_error(proc, "not valid UTF-8")
+
+
+def damaged(exported: Path, tmp: Path, **changes: str | None) -> Path:
+    """A copy of an exported file with some picogpt.* metadata replaced (None deletes the key)."""
+    from picogpt.export.build import set_metadata
+    from picogpt.onnx_io import OnnxDecoder
+
+    meta = {f"picogpt.{k}": v for k, v in OnnxDecoder(exported).metadata.items()}
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(f"picogpt.{key}")
+        else:
+            meta[f"picogpt.{key}"] = value
+    out = tmp / f"damaged-{len(list(tmp.iterdir()))}.onnx"
+    out.write_bytes(exported.read_bytes())
+    set_metadata(out, meta)
+    return out
+
+
+def test_damaged_metadata_is_refused_at_load(exported: Path, tmp_path: Path) -> None:
+    from picogpt.onnx_io import OnnxDecoder
+
+    cfg = json.loads(OnnxDecoder(exported).metadata["config"])
+    cases = {
+        "lacks 'tokenizer'": damaged(exported, tmp_path, tokenizer=None),
+        "not valid": damaged(exported, tmp_path, config="{not json"),
+        "not valid ": damaged(exported, tmp_path, config=json.dumps({**cfg, "n_layer": "two"})),
+        "slot_id": damaged(exported, tmp_path, protocol=json.dumps({"slot_id": "88"})),
+        "the graph's context has size": damaged(exported, tmp_path, config=json.dumps({**cfg, "n_embd": 64,
+                                                                                       "n_head": 2})),
+    }
+    for fragment, path in cases.items():
+        proc = run_cli("picogpt.runtime", "-m", str(path), "--prompt", "A", "--max-new-tokens", "3")
+        assert_one_line_error(proc, fragment.strip())
+        assert proc.stdout == ""  # refused before any text is printed
+
+
+def test_a_stop_string_is_one_string(exported: Path) -> None:
+    from picogpt.runtime import Generator
+
+    g = Generator(exported)
+    free = g.generate("A", max_new_tokens=200, temperature=1.0, seed=3)
+    stop = free[5:7]  # two characters the unconstrained text contains
+    cut = g.generate("A", max_new_tokens=200, temperature=1.0, seed=3, stop=stop)
+    assert cut == free[: free.index(stop)]
+
+
+def test_eval_of_a_text_run_names_the_flag_it_has(trained: Path) -> None:
+    proc = run_cli("picogpt.evaluate", str(trained / "ckpt.pt"))
+    assert_one_line_error(proc, "--data PATH")
+    assert "--dataset" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown", "--plot"])
+def test_bench_output_paths_are_checked_before_the_work(flag: str, trained: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder" / "out.file"
+    for args in ([str(trained / "ckpt.pt"), "--quick"], ["quality", "--minutes", "5"]):
+        t0 = time.perf_counter()
+        proc = run_cli("picogpt.bench", *args, flag, str(missing))
+        assert_one_line_error(proc, flag)
+        assert time.perf_counter() - t0 < 30  # refused at once, not after minutes of work
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_damaged_wikipedia_file_is_refused_before_training(fmt: str, tmp_path: Path) -> None:
+    from test_data import wiki_rows, write_parquet
+
+    rows = wiki_rows(30)
+    for i in range(3):
+        path = tmp_path / f"wiki-{i}.{fmt}"
+        if fmt == "parquet":
+            write_parquet(path, rows[i * 10 : (i + 1) * 10])
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows[i * 10 : (i + 1) * 10]))
+    damaged_file = tmp_path / f"wiki-1.{fmt}"
+    damaged_file.write_bytes(damaged_file.read_bytes()[: damaged_file.stat().st_size // 2])  # a torn download
+    proc = run_cli("picogpt.train", "--dataset", "wikipedia", "--data-files", str(tmp_path / f"*.{fmt}"),
+                   "--out", str(tmp_path / "o"), "--max-iters", "2", *FAST)
+    assert_one_line_error(proc, f"wiki-1.{fmt} is damaged")
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
