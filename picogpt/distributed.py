@@ -83,6 +83,9 @@ class Dist:
 
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
+            # Wait for every rank (rank 0 may still be writing the last checkpoint): tearing gloo down
+            # while a peer is still talking aborted a rank now and then ("terminate called ...").
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
          top_p: float, repetition_penalty: float, seed: int | None, stop: tuple[str, ...], threads: int,
          num_samples: int, interactive: bool, chat: bool, verify: bool, stats: bool) -> None:
     """Generate text with a PicoGPT ONNX model: no torch needed."""
+    # Ctrl-C keeps what was printed and exits 130, even when started from a shell's background job
+    # (which starts it with SIGINT ignored, so Python would not install its own handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t_load = time.perf_counter()
     gen = Generator(model, threads=threads)
     load_s = time.perf_counter() - t_load
