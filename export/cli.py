@@ -55,6 +55,20 @@ def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | Non
     return np.random.default_rng(0).integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
 
 
+def remove_stale_work_dirs(folder: Path) -> None:
+    """Remove the work folders of exports that were killed (kill -9 skips every cleanup): their
+    names carry the writer's pid, and a folder whose process is gone is stale."""
+    for d in folder.glob(".picogpt-export-*"):
+        pid = d.name.split("-")[2] if d.name.count("-") >= 3 else ""
+        try:
+            os.kill(int(pid), 0)
+            continue  # that export is still running
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
+
+
 def is_picogpt_export(path: Path) -> bool:
     """True if `path` is an .onnx file this tool wrote (it carries `picogpt.*` metadata)."""
     import onnx
@@ -112,7 +126,9 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     cfg = loaded.model.config
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
                f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
-    work = Path(tempfile.mkdtemp(prefix=".picogpt-export-", dir=output.parent if str(output.parent) else "."))
+    folder = output.parent if str(output.parent) else Path(".")
+    remove_stale_work_dirs(folder)
+    work = Path(tempfile.mkdtemp(prefix=f".picogpt-export-{os.getpid()}-", dir=folder))
     try:
         torch.manual_seed(0)
         wanted = list(METHODS) if method == "auto" else ([method] if method != "none" else [])

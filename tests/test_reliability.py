@@ -240,3 +240,18 @@ def test_a_damaged_wikipedia_file_is_refused_before_training(fmt: str, tmp_path:
                    "--out", str(tmp_path / "o"), "--max-iters", "2", *FAST)
     assert_one_line_error(proc, f"wiki-1.{fmt} is damaged")
     assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+def test_a_killed_exports_work_folder_is_removed_by_the_next_export(trained: Path, corpus_file: Path,
+                                                                     tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".picogpt-export-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "fp32.onnx").write_bytes(b"\0" * 100)
+    live = tmp_path / f".picogpt-export-{os.getpid()}-xyz"  # a running export's folder is left alone
+    live.mkdir()
+    proc = run_cli("picogpt.export", str(trained / "ckpt.pt"), "-o", str(tmp_path / "m.onnx"), "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists() and live.exists()
+    assert [p.name for p in tmp_path.glob(".picogpt-export-*")] == [live.name]
