@@ -26,7 +26,8 @@ RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
     # This project's default: Muon + AdamW, warmup-stable-cooldown fitted to the minutes, 4 x 2 windows.
     "picogpt": ([], ["pico", "small", "base"]),
     # The recipe before this benchmark: AdamW, cosine, 4 sequences of 10 windows, lr 3e-3.
-    "seed": (["--optimizer", "adamw", "--schedule", "cosine", "--seq-windows", "10", "--lr", "3e-3"], ["base"]),
+    "seed": (["--optimizer", "adamw", "--schedule", "cosine", "--batch-size", "4", "--seq-windows", "10", "--lr",
+              "3e-3"], ["base"]),
     # nanoGPT's README CPU recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12, AdamW 1e-3, no dropout.
     "nanogpt": (["--context-len", "64", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--seq-windows", "1",
                  "--batch-size", "12", "--optimizer", "adamw", "--schedule", "cosine", "--lr", "1e-3",

@@ -49,3 +49,18 @@ def test_bench_bad_inputs(tmp_path: Path, exported: Path) -> None:
     assert_one_line_error(run_cli("picogpt.bench", "--onnx", str(exported), "--threads", "0"), "--threads")
     assert_one_line_error(run_cli("picogpt.bench", "--onnx", str(exported), "--cores", "0,999"), "do not exist")
     assert_one_line_error(run_cli("picogpt.bench"), "checkpoint")
+
+
+def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path) -> None:
+    """`picogpt-bench quality` as a user runs it: a short budget, one preset, the full val split scored."""
+    js, md, png = tmp_path / "q.json", tmp_path / "q.md", tmp_path / "q.png"
+    proc = run_cli("picogpt.bench", "quality", "--minutes", "0.05", "--recipes", "picogpt", "--presets", "pico",
+                   "--data", str(corpus_file), "--out", str(tmp_path / "runs"), "--json", str(js), "--markdown",
+                   str(md), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(js.read_text())
+    assert row["recipe"] == "picogpt" and row["preset"] == "pico" and row["steps"] > 0
+    val_chars = int(len(corpus_file.read_text()) * 0.1)  # the last 10%, as picogpt-train splits text
+    assert row["targets"] == val_chars - 1  # every character of the val split after the first is scored
+    assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == 10
+    assert "| 0.05 | picogpt | pico |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
