@@ -63,25 +63,18 @@ def score_onnx(path: Path, data: str | None, threads: int) -> dict:
 
     from picogpt.data import load_token_data
     from picogpt.onnx_io import OnnxDecoder
+    from picogpt.windows import stream_batches
 
     dec = OnnxDecoder(path, threads=threads)
-    ids = np.asarray(load_token_data(data, dec.tokenizer, SEQ_CHARS, "data")[0].val, dtype=np.int64)
-    x, y = ids[:-1], ids[1:]
+    val = load_token_data(data, dec.tokenizer, SEQ_CHARS, "data")[0].val
     total, count = 0.0, 0
-    for start in range(0, len(x), SEQ_CHARS * 64):  # 64 sequences at a time bound the memory
-        block = x[start : start + SEQ_CHARS * 64]
-        rows = len(block) // SEQ_CHARS
-        parts = [(block[: rows * SEQ_CHARS].reshape(rows, SEQ_CHARS), start)] if rows else []
-        if len(block) > rows * SEQ_CHARS:
-            parts.append((block[rows * SEQ_CHARS :][None], start + rows * SEQ_CHARS))
-        for xs, offset in parts:
-            ys = y[offset : offset + xs.size].reshape(xs.shape)
-            state = dec.new_state(xs.shape[0])
-            for t in range(xs.shape[1]):
-                logits = dec.feed(xs[:, t : t + 1], state).astype(np.float64)
-                logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
-                total += float((logz - logits[np.arange(len(ys)), ys[:, t]]).sum())
-                count += len(ys)
+    for xs, ys in stream_batches(val, SEQ_CHARS, batch_size=64):  # 64 streams in lockstep bound the memory
+        state = dec.new_state(xs.shape[0])
+        for t in range(xs.shape[1]):
+            logits = dec.feed(xs[:, t : t + 1], state).astype(np.float64)
+            logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+            total += float((logz - logits[np.arange(len(ys)), ys[:, t]]).sum())
+            count += len(ys)
     return {"file": str(path), "val_loss": total / count, "targets": count,
             "quantization": dec.metadata.get("quantization", "none")}
 

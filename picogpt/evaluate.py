@@ -19,6 +19,7 @@ from picogpt.data import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, open_data
 from picogpt.errors import PicoError, cli_errors
 from picogpt.model import GPT
 from picogpt.system import check_threads
+from picogpt.windows import stream_batches
 
 
 @torch.inference_mode()
@@ -73,20 +74,14 @@ def stream_score(model: GPT, ids: np.ndarray, seq_chars: int = 1280, carry: bool
     n = model.config.context_len
     windows = -(-seq_chars // n)
     sums, counts = np.zeros((windows, n)), np.zeros((windows, n))
-    x_all, y_all = np.asarray(ids[:-1], dtype=np.int64), np.asarray(ids[1:], dtype=np.int64)
-    full = len(x_all) // seq_chars
-    rows = [(x_all[: full * seq_chars].reshape(full, seq_chars), y_all[: full * seq_chars].reshape(full, seq_chars))]
-    if len(x_all) > full * seq_chars:  # the last, shorter sequence
-        rows.append((x_all[full * seq_chars :][None], y_all[full * seq_chars :][None]))
-    for xs, ys in rows:
-        for b in range(0, len(xs), batch_size):
-            x, y = torch.from_numpy(xs[b : b + batch_size]), torch.from_numpy(ys[b : b + batch_size])
-            for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
-                t = logits.size(1)
-                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, k * n : k * n + t].reshape(-1),
-                                     reduction="none").view(-1, t)
-                sums[k, :t] += ce.sum(0).double().numpy()
-                counts[k, :t] += ce.size(0)
+    for xs, ys in stream_batches(ids, seq_chars, batch_size):
+        x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+        for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
+            t = logits.size(1)
+            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, k * n : k * n + t].reshape(-1),
+                                 reduction="none").view(-1, t)
+            sums[k, :t] += ce.sum(0).double().numpy()
+            counts[k, :t] += ce.size(0)
     return StreamScore(sums, counts)
 
 

@@ -36,3 +36,20 @@ def plan_chunks(pos: int, n_new: int, context_len: int) -> Iterator[Chunk]:
         yield Chunk(start=i, take=take, pos=pos, roll_over=roll)
         pos += take + (1 if pos == 0 else 0)
         i += take
+
+
+def stream_batches(ids, seq_chars: int, batch_size: int):
+    """Text as the runtime streams it, for scoring: (inputs, targets) [b, seq_chars] batches of consecutive
+    sequences covering every target of `ids` after the first once; the last, shorter sequence comes alone.
+
+    Shared by the torch scorer (picogpt.evaluate) and the runtime scorer (picogpt-bench quality --onnx).
+    """
+    import numpy as np
+
+    x_all, y_all = np.asarray(ids[:-1], dtype=np.int64), np.asarray(ids[1:], dtype=np.int64)
+    full = len(x_all) // seq_chars
+    xs, ys = x_all[: full * seq_chars].reshape(full, seq_chars), y_all[: full * seq_chars].reshape(full, seq_chars)
+    for b in range(0, full, batch_size):
+        yield xs[b : b + batch_size], ys[b : b + batch_size]
+    if len(x_all) > full * seq_chars:
+        yield x_all[full * seq_chars :][None], y_all[full * seq_chars :][None]

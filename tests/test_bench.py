@@ -64,3 +64,17 @@ def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path
     assert row["targets"] == val_chars - 1  # every character of the val split after the first is scored
     assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == 10
     assert "| 0.05 | picogpt | pico |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_model, exported: Path,
+                                                                     corpus_file: Path) -> None:
+    """The runtime scorer (`--onnx`) and the torch scorer stream the same text the same way: same loss."""
+    from picogpt.data import load_token_data
+    from picogpt.evaluate import stream_score
+    from picogpt.tokenizer import CharTokenizer
+
+    proc = run_cli("picogpt.bench", "quality", "--onnx", str(exported), "--data", str(corpus_file))
+    assert proc.returncode == 0, proc.stderr
+    got = float(proc.stdout.split(": val ")[1].split()[0])
+    val = load_token_data(str(corpus_file), CharTokenizer(), 1280, "t")[0].val
+    assert got == pytest.approx(stream_score(random_model, val, 1280).mean, abs=1e-4)
