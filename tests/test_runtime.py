@@ -66,7 +66,7 @@ def test_cli_streams_with_prompt_stdin_and_stats(exported: Path) -> None:
                    "--seed", "1", "--stats")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Hello") and len(proc.stdout) > 40
-    assert "ms/token" in proc.stderr and "tokens/s" in proc.stderr
+    assert "ms/token" in proc.stderr and "tokens/s" in proc.stderr and "prefill 5 chars in" in proc.stderr
     piped = subprocess.run([sys.executable, "-m", "picogpt.runtime", "-m", str(exported), "--max-new-tokens", "40",
                             "--seed", "1"], input="Hello", capture_output=True, text=True)
     assert piped.stdout == proc.stdout
