@@ -22,6 +22,7 @@ import click
 
 from picogpt.errors import PicoError, cli_errors
 from picogpt.runtime.generator import Generator
+from picogpt.runtime.webgraph import web_variant
 
 ORT_WEB_VERSION = "1.30.0"  # npm onnxruntime-web, pinned: the integrity hashes below are of its files
 ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM-only build with the emscripten glue bundled in
@@ -111,10 +112,22 @@ def render_index(ort: dict[str, str], title: str) -> str:
             .replace("__TITLE__", title))
 
 
-def fill_folder(folder: Path, model: Path, meta: dict[str, str], ort_dist: Path | None) -> None:
+def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
+    """The model file as the page runs it, and a note on what differs from the original."""
+    data = patch_ir_version(model.read_bytes())
+    if gen.decoder.layout != "fused":
+        return data, "the original graph (ir_version lowered for onnxruntime-web if it was newer)"
+    c = gen.config
+    return web_variant(data, c.n_layer, c.n_head, c.head_size), (
+        "fused graph, web variant: new_key_i/new_value_i (the rows written, sliced by web_row_start/web_row_end) "
+        "replace present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for onnxruntime-web")
+
+
+def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort_dist: Path | None) -> None:
     """Write every file of the page into the (empty) `folder`."""
-    (folder / model.name).write_bytes(patch_ir_version(model.read_bytes()))
-    sidecar = {"model": model.name, "ort_web": ORT_WEB_VERSION, "metadata": meta}
+    data, note = web_model_bytes(model, gen)
+    (folder / model.name).write_bytes(data)
+    sidecar = {"model": model.name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     ort = copy_ort(ort_dist, folder) if ort_dist is not None else cdn_ort()
     (folder / "index.html").write_text(render_index(ort, f"PicoGPT: {model.stem}"), encoding="utf-8")
@@ -138,7 +151,7 @@ def check_target(out: Path) -> None:
 def write_page(model: Path, out: Path, ort_dir: Path | None) -> Path:
     """Build the folder beside `out` and rename it into place at the end: a failure leaves no half-written page."""
     check_target(out)
-    _, meta = read_model(model)
+    gen, meta = read_model(model)
     ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
     parent = out.parent if str(out.parent) else Path(".")
     try:
@@ -147,7 +160,7 @@ def write_page(model: Path, out: Path, ort_dir: Path | None) -> Path:
         raise PicoError(f"-o {out} cannot be written ({exc.strerror})") from None
     old = None
     try:
-        fill_folder(work, model, meta, ort_dist)
+        fill_folder(work, model, gen, meta, ort_dist)
         os.chmod(work, 0o755)  # mkdtemp makes it 0700: a static host must be able to read it
         if out.exists():  # a page written earlier: swap it out, then remove it
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

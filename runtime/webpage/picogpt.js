@@ -165,20 +165,25 @@ const yieldToPage = () => new Promise((resolve) => {
   ch.port2.postMessage(0);
 });
 
-/** The fused layout's cache: per layer a [1, H, n_positions, D] buffer. ORT-web has no IOBinding on WASM, so
- * each step feeds the buffers as past_* and keeps the present_* outputs as the next step's past. */
+/** The fused layout's cache: per layer a [1, H, n_positions, D] buffer of our own, fed as past_* each step.
+ * ORT-web has no IOBinding on WASM, so the page's file is the web variant of the graph (runtime/webgraph.py):
+ * it returns only the rows just written (new_key_i / new_value_i), which land in these buffers, instead of
+ * 2 MB of present_* copied out of the WASM heap into fresh arrays at every step. */
 class FusedCache {
   constructor(ort, session, config) {
     this.ort = ort;
     this.session = session;
-    const dims = [1, config.n_head, config.context_len + 1, config.n_embd / config.n_head];
-    const zeros = () => new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b)), dims);
-    this.past = {};
-    for (let i = 0; i < config.n_layer; i++) {
-      this.past[`past_key_${i}`] = zeros();
-      this.past[`past_value_${i}`] = zeros();
-    }
+    this.rows = config.context_len + 1;
+    this.headSize = config.n_embd / config.n_head;
+    this.nHead = config.n_head;
     this.nLayer = config.n_layer;
+    const dims = [1, config.n_head, this.rows, this.headSize];
+    this.past = {}; // the Tensors wrap the buffers, so writing a buffer updates the next step's input
+    for (let i = 0; i < config.n_layer; i++) {
+      for (const kind of ['key', 'value']) {
+        this.past[`past_${kind}_${i}`] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b)), dims);
+      }
+    }
   }
 
   rewind() {} // rows at or after total_sequence_length are never read, only overwritten
@@ -186,18 +191,26 @@ class FusedCache {
   async run(ids, context, pos) {
     const { ort } = this;
     const n = ids.length;
-    const feeds = {
+    const int64 = (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [1, values.length]);
+    const out = await this.session.run({
       ...this.past,
-      input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-      position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, j) => BigInt(pos + j)), [1, n]),
+      input_ids: int64(ids),
+      position_ids: int64(ids.map((_, j) => pos + j)),
       context: new ort.Tensor('float32', context, [1, context.length]),
       seqlens_k: new ort.Tensor('int32', Int32Array.of(pos + n - 1), [1]),
       total_sequence_length: new ort.Tensor('int32', Int32Array.of(pos + n), []),
-    };
-    const out = await this.session.run(feeds);
+      web_row_start: new ort.Tensor('int64', BigInt64Array.of(BigInt(pos)), [1]),
+      web_row_end: new ort.Tensor('int64', BigInt64Array.of(BigInt(pos + n)), [1]),
+    });
+    const width = n * this.headSize; // one head's new rows
     for (let i = 0; i < this.nLayer; i++) {
-      this.past[`past_key_${i}`] = out[`present_key_${i}`];
-      this.past[`past_value_${i}`] = out[`present_value_${i}`];
+      for (const kind of ['key', 'value']) {
+        const rows = out[`new_${kind}_${i}`].data;
+        const buffer = this.past[`past_${kind}_${i}`].data;
+        for (let h = 0; h < this.nHead; h++) {
+          buffer.set(rows.subarray(h * width, (h + 1) * width), (h * this.rows + pos) * this.headSize);
+        }
+      }
     }
     return [out.logits.data, out.hidden_sum.data];
   }
