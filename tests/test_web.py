@@ -97,7 +97,8 @@ def fake_ort_package(root: Path, version: str) -> Path:
 
 def test_ort_dir_copies_ort_into_the_folder(tmp_path: Path) -> None:
     out = tmp_path / "site"
-    proc = run_cli("picogpt.runtime.web", "-o", str(out), "--ort-dir", str(fake_ort_package(tmp_path / "npm", ORT_WEB_VERSION)))
+    npm = fake_ort_package(tmp_path / "npm", ORT_WEB_VERSION)
+    proc = run_cli("picogpt.runtime.web", "-o", str(out), "--ort-dir", str(npm))
     assert proc.returncode == 0, proc.stderr
     html = (out / "index.html").read_text()
     module = (out / "ort" / ORT_MODULE).read_bytes()
