@@ -248,6 +248,16 @@ def test_page_settings_stop_warnings_and_screenshot(browser, serve, tmp_path: Pa
                          ("picogpt.generate('a', {topK: 1000})", "topK")]:
         assert fragment in page.evaluate(f"{js}.then(() => 'no error', (e) => e.message)")
     page.fill("#temperature", "0.8")
+    page.fill("#seed", "1")
+    page.fill("#maxNewTokens", "600")
+    page.click("#go")  # a finished sample, for the screenshot (README: docs/web.png)
+    page.wait_for_function("document.getElementById('go').textContent === 'Generate'", timeout=30000)
+    shot = tmp_path / "web.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("PICOGPT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["PICOGPT_SCREENSHOT"])
+    page.fill("#seed", "")
     page.fill("#maxNewTokens", "100000")
     page.fill("#prompt", "ROMEO: ☃ ☃")  # two characters outside the vocabulary: one warning
     page.click("#go")
@@ -262,9 +272,4 @@ def test_page_settings_stop_warnings_and_screenshot(browser, serve, tmp_path: Pa
     assert "tokens/s" in page.text_content("#status") and page.text_content("#error") == ""
     empty = page.evaluate("picogpt.generate('', {temperature: 0, maxNewTokens: 50})")
     assert empty == Generator().generate("", 50, temperature=0)  # an empty prompt is "\n", as in picogpt-run
-    shot = tmp_path / "web.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("PICOGPT_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["PICOGPT_SCREENSHOT"])
     page.close()
