@@ -119,8 +119,8 @@ def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
         return data, "the original graph (ir_version lowered for onnxruntime-web if it was newer)"
     c = gen.config
     return web_variant(data, c.n_layer, c.n_head, c.head_size), (
-        "fused graph, web variant: new_key_i/new_value_i (the rows written, sliced by web_row_start/web_row_end) "
-        "replace present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for onnxruntime-web")
+        "fused graph, web variant: one output new_rows (the cache rows written, sliced by web_row_start/"
+        "web_row_end) replaces present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for ORT-web")
 
 
 def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort_dist: Path | None) -> None:

@@ -167,7 +167,7 @@ const yieldToPage = () => new Promise((resolve) => {
 
 /** The fused layout's cache: per layer a [1, H, n_positions, D] buffer of our own, fed as past_* each step.
  * ORT-web has no IOBinding on WASM, so the page's file is the web variant of the graph (runtime/webgraph.py):
- * it returns only the rows just written (new_key_i / new_value_i), which land in these buffers, instead of
+ * it returns only the rows just written (one `new_rows` output), which land in these buffers, instead of
  * 2 MB of present_* copied out of the WASM heap into fresh arrays at every step. */
 class FusedCache {
   constructor(ort, session, config) {
@@ -176,7 +176,6 @@ class FusedCache {
     this.rows = config.context_len + 1;
     this.headSize = config.n_embd / config.n_head;
     this.nHead = config.n_head;
-    this.nLayer = config.n_layer;
     const dims = [1, config.n_head, this.rows, this.headSize];
     this.past = {}; // the Tensors wrap the buffers, so writing a buffer updates the next step's input
     for (let i = 0; i < config.n_layer; i++) {
@@ -202,16 +201,14 @@ class FusedCache {
       web_row_start: new ort.Tensor('int64', BigInt64Array.of(BigInt(pos)), [1]),
       web_row_end: new ort.Tensor('int64', BigInt64Array.of(BigInt(pos + n)), [1]),
     });
+    const rows = out.new_rows.data; // [2 * n_layer, H, n, D]: layer i's key rows at 2i, its value rows at 2i + 1
     const width = n * this.headSize; // one head's new rows
-    for (let i = 0; i < this.nLayer; i++) {
-      for (const kind of ['key', 'value']) {
-        const rows = out[`new_${kind}_${i}`].data;
-        const buffer = this.past[`past_${kind}_${i}`].data;
-        for (let h = 0; h < this.nHead; h++) {
-          buffer.set(rows.subarray(h * width, (h + 1) * width), (h * this.rows + pos) * this.headSize);
-        }
+    Object.values(this.past).forEach((tensor, b) => { // past_key_0, past_value_0, past_key_1, ...
+      for (let h = 0; h < this.nHead; h++) {
+        const from = (b * this.nHead + h) * width;
+        tensor.data.set(rows.subarray(from, from + width), (h * this.rows + pos) * this.headSize);
       }
-    }
+    });
     return [out.logits.data, out.hidden_sum.data];
   }
 }
