@@ -95,10 +95,14 @@ def copy_ort(dist: Path, folder: Path) -> dict[str, str]:
             "wasm": f"./ort/{ORT_WASM}.gzip", "wasm_integrity": integrity(wasm)}
 
 
-def cdn_ort() -> dict[str, str]:
-    """ORT from the pinned CDN URL, checked by the browser against the npm package's hashes."""
-    return {"module": ORT_CDN + ORT_MODULE, "module_integrity": ORT_INTEGRITY[ORT_MODULE],
-            "wasm": ORT_CDN + ORT_WASM, "wasm_integrity": ORT_INTEGRITY[ORT_WASM]}
+def cdn_ort(base: str) -> dict[str, str]:
+    """ORT from `base` (the pinned CDN URL or a mirror of the same dist folder), checked by the browser
+    against the npm package's hashes."""
+    if not base.startswith(("https://", "http://")):
+        raise PicoError(f"--ort-url {base} is not an http(s):// URL")
+    base = base if base.endswith("/") else base + "/"
+    return {"module": base + ORT_MODULE, "module_integrity": ORT_INTEGRITY[ORT_MODULE],
+            "wasm": base + ORT_WASM, "wasm_integrity": ORT_INTEGRITY[ORT_WASM]}
 
 
 def render_index(ort: dict[str, str], title: str) -> str:
@@ -123,13 +127,14 @@ def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
         "web_row_end) replaces present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for ORT-web")
 
 
-def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort_dist: Path | None) -> None:
+def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort: dict[str, str] | None,
+                ort_dist: Path | None) -> None:
     """Write every file of the page into the (empty) `folder`."""
     data, note = web_model_bytes(model, gen)
     (folder / model.name).write_bytes(data)
     sidecar = {"model": model.name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
-    ort = copy_ort(ort_dist, folder) if ort_dist is not None else cdn_ort()
+    ort = copy_ort(ort_dist, folder) if ort_dist is not None else ort
     (folder / "index.html").write_text(render_index(ort, f"PicoGPT: {model.stem}"), encoding="utf-8")
     module = resources.files("picogpt.runtime") / "webpage" / "picogpt.js"
     (folder / "picogpt.js").write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
@@ -148,8 +153,11 @@ def check_target(out: Path) -> None:
         raise PicoError(f"-o {out} cannot be written (permission denied in {parent})")
 
 
-def write_page(model: Path, out: Path, ort_dir: Path | None) -> Path:
+def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None = None) -> Path:
     """Build the folder beside `out` and rename it into place at the end: a failure leaves no half-written page."""
+    if ort_dir is not None and ort_url is not None:
+        raise PicoError("--ort-dir and --ort-url exclude each other: ORT is either copied in or loaded from a URL")
+    ort = None if ort_dir is not None else cdn_ort(ort_url or ORT_CDN)
     check_target(out)
     gen, meta = read_model(model)
     ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
@@ -160,7 +168,7 @@ def write_page(model: Path, out: Path, ort_dir: Path | None) -> Path:
         raise PicoError(f"-o {out} cannot be written ({exc.strerror})") from None
     old = None
     try:
-        fill_folder(work, model, gen, meta, ort_dist)
+        fill_folder(work, model, gen, meta, ort, ort_dist)
         os.chmod(work, 0o755)  # mkdtemp makes it 0700: a static host must be able to read it
         if out.exists():  # a page written earlier: swap it out, then remove it
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -209,17 +217,19 @@ def serve(folder: Path, port: int) -> None:
 @click.option("--ort-dir", type=click.Path(path_type=Path), default=None,
               help=f"An installed npm onnxruntime-web@{ORT_WEB_VERSION} (its --prefix, node_modules or package): "
                    "copy ORT into the folder, so the page works offline. Default: the pinned CDN URL.")
+@click.option("--ort-url", default=None, help=f"Load ORT from this copy of onnxruntime-web@{ORT_WEB_VERSION}'s dist "
+              f"folder instead (a mirror or your own host; the same integrity hashes apply). Default: {ORT_CDN}")
 @click.option("--serve", "do_serve", is_flag=True, help="Then serve the folder on 127.0.0.1 for a local preview.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="For --serve.")
 @cli_errors
-def main(model: Path | None, out: Path, ort_dir: Path | None, do_serve: bool, port: int) -> None:
+def main(model: Path | None, out: Path, ort_dir: Path | None, ort_url: str | None, do_serve: bool, port: int) -> None:
     """Write a static web page that runs MODEL (default: the bundled model) in the visitor's browser."""
     from picogpt.runtime.generator import bundled_model_path
 
     model = model if model is not None else bundled_model_path()
-    write_page(model, out, ort_dir)
-    click.echo(f"wrote {out}/ ({folder_size(out) / 1e6:.2f} MB; ORT from "
-               f"{'the folder' if ort_dir else 'the pinned CDN'}, onnxruntime-web {ORT_WEB_VERSION})")
+    write_page(model, out, ort_dir, ort_url)
+    source = "the folder" if ort_dir else (ort_url or "the pinned CDN")
+    click.echo(f"wrote {out}/ ({folder_size(out) / 1e6:.2f} MB; ORT from {source}, onnxruntime-web {ORT_WEB_VERSION})")
     if do_serve:
         serve(out, port)
 

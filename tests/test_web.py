@@ -129,6 +129,8 @@ def test_bad_input_is_one_line_and_writes_nothing(exported: Path, tmp_path: Path
              ([str(exported), "-o", str(a_file)], "is a file"),
              ([str(exported), "-o", str(tmp_path)], "did not write"),
              ([str(exported), "-o", out, "--ort-dir", str(tmp_path)], "no onnxruntime-web"),
+             ([str(exported), "-o", out, "--ort-url", "ftp://example.org/ort/"], "not an http(s)"),
+             ([str(exported), "-o", out, "--ort-url", "https://example.org/", "--ort-dir", str(tmp_path)], "exclude"),
              ([str(exported), "-o", out, "--ort-dir", str(fake_ort_package(tmp_path / "old", "1.17.0"))], "1.17.0")]
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, fragment in cases:
@@ -156,8 +158,19 @@ def require_browser(why: str) -> None:
 class Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
 
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")  # as a CDN does: ORT's files load cross-origin
+        super().end_headers()
+
     def log_message(self, *args) -> None:
         pass
+
+
+def serve_folder(folder: Path, servers: list) -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers.append(server)
+    return f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +191,16 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """serve(model) -> the URL of a page for `model`, written with --ort-dir and served from a thread."""
-    servers = []
+    """serve(model, *args) -> the URL of a page for `model` (default: written with --ort-dir), served from a thread."""
+    servers: list = []
 
-    def start(model: Path) -> str:
+    def start(model: Path, *args: str) -> str:
         out = tmp_path_factory.mktemp("web") / "site"
-        proc = run_cli("picogpt.runtime.web", str(model), "-o", str(out), "--ort-dir", str(ORT_DIR))
+        proc = run_cli("picogpt.runtime.web", str(model), "-o", str(out), *(args or ("--ort-dir", str(ORT_DIR))))
         assert proc.returncode == 0, proc.stderr
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(out)))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
+        return serve_folder(out, servers)
 
+    start.folder = lambda folder: serve_folder(folder, servers)  # type: ignore[attr-defined]
     yield start
     for s in servers:
         s.shutdown()
@@ -274,4 +285,23 @@ def test_page_settings_stop_warnings_and_screenshot(browser, serve, tmp_path: Pa
     assert "tokens/s" in page.text_content("#status") and page.text_content("#error") == ""
     empty = page.evaluate("picogpt.generate('', {temperature: 0, maxNewTokens: 50})")
     assert empty == Generator().generate("", 50, temperature=0)  # an empty prompt is "\n", as in picogpt-run
+    page.close()
+
+
+def test_page_loads_ort_from_a_url_and_refuses_a_changed_file(browser, serve, exported: Path, tmp_path: Path) -> None:
+    """--ort-url (the CDN mode): ORT comes from another origin, checked against the npm package's hashes."""
+    dist = ORT_DIR / "node_modules" / "onnxruntime-web" / "dist"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in (ORT_MODULE, ORT_WASM):
+        shutil.copyfile(dist / name, mirror / name)
+    page = open_page(browser, serve(exported, "--ort-url", serve.folder(mirror)))
+    assert page.evaluate(GREEDY_JS, ["abc", 20])["text"] == Generator(exported).generate("abc", 20, temperature=0)
+    page.close()
+    with (mirror / ORT_MODULE).open("a") as f:
+        f.write("// changed\n")
+    page = browser.new_page()
+    page.goto(serve(exported, "--ort-url", serve.folder(mirror)))
+    page.wait_for_function("document.getElementById('error').textContent !== ''")
+    assert "could not be loaded" in page.text_content("#error") and page.text_content("#go") == "Unavailable"
     page.close()
