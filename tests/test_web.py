@@ -305,3 +305,24 @@ def test_page_loads_ort_from_a_url_and_refuses_a_changed_file(browser, serve, ex
     page.wait_for_function("document.getElementById('error').textContent !== ''")
     assert "could not be loaded" in page.text_content("#error") and page.text_content("#go") == "Unavailable"
     page.close()
+
+
+def test_serve_previews_the_folder_on_localhost(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    out = tmp_path / "site"
+    proc = subprocess.Popen([sys.executable, "-m", "picogpt.runtime.web", "-o", str(out), "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]  # "wrote ...", "serving ... at URL"
+        url = lines[1].split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:"), lines
+        with urllib.request.urlopen(url + "model.json", timeout=10) as r:
+            assert json.load(r)["model"] == bundled_model_path().name
+        with urllib.request.urlopen(url + "picogpt.js", timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/javascript")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()

@@ -275,6 +275,7 @@ export class PicoGPT {
     this.fingerprint = JSON.parse(metadata['picogpt.fingerprint'] ?? '{}');
     this.stats = { loadMs };
     this.stopped = false;
+    this.running = false;
   }
 
   /** A fresh stream: context vector, running ln_f sum, filled positions, cache. */
@@ -313,10 +314,21 @@ export class PicoGPT {
    */
   async *stream(prompt, opts = {}) {
     if (typeof prompt !== 'string') throw new PicoError('the prompt must be a string');
+    if (this.running) throw new PicoError('a generation is already running: stop() it first');
     const s = checkSettings(opts, this.config.vocab_size);
     const { ids, unknown } = this.encodePrompt(prompt);
     if (unknown) opts.onWarning?.(`${unknown} prompt character(s) are not in the vocabulary; they become <?>`);
     this.stopped = false;
+    this.running = true;
+    try {
+      yield* this.decode(ids, s);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Prefill `ids`, then sample and feed up to s.maxNewTokens ids, yielding each one's text. */
+  async *decode(ids, s) {
     const sampler = new Sampler(s, this.config.vocab_size);
     sampler.observe(ids);
     const state = this.newState();
@@ -325,15 +337,19 @@ export class PicoGPT {
     let tFirst = performance.now();
     this.stats = { ...this.stats, prefillMs: tFirst - t0, tokens: 0, decodeMs: 0, tokensPerSecond: 0 };
     let lastYield = tFirst;
+    let fed = 0; // decode steps since the first token (which comes with the prefill, timed apart), as --stats
     for (let i = 0; i < s.maxNewTokens && !this.stopped; i++) {
       const id = sampler.sample(logits);
       this.stats.tokens = i + 1;
       yield this.tokenizer.decode([id]);
-      if (i === 0) tFirst = performance.now(); // the first token comes with the prefill, timed apart
-      if (i + 1 < s.maxNewTokens && !this.stopped) logits = await this.feed([id], state);
+      if (i === 0) tFirst = performance.now();
+      if (i + 1 < s.maxNewTokens && !this.stopped) {
+        logits = await this.feed([id], state);
+        fed += 1;
+      }
       const now = performance.now();
       this.stats.decodeMs = now - tFirst;
-      this.stats.tokensPerSecond = i > 0 ? (1000 * i) / (now - tFirst) : 0;
+      this.stats.tokensPerSecond = fed ? (1000 * fed) / (now - tFirst) : 0;
       if (now - lastYield > YIELD_EVERY_MS) { await yieldToPage(); lastYield = performance.now(); }
     }
   }
