@@ -229,7 +229,9 @@ def common_prefix(a: str, b: str) -> int:
 
 def test_page_greedy_equals_picogpt_run_on_the_bundled_model(browser, serve) -> None:
     page = open_page(browser, serve(bundled_model_path()))
-    fp = json.loads(meta_of(bundled_model_path())["picogpt.fingerprint"])
+    meta = meta_of(bundled_model_path())
+    fp = json.loads(meta["picogpt.fingerprint"])
+    assert len(fp["prompt"]) + GREEDY_CHARS > 3 * json.loads(meta["picogpt.config"])["context_len"]  # 3 roll-overs
     got = page.evaluate(GREEDY_JS, [fp["prompt"], GREEDY_CHARS])
     want = Generator().generate(fp["prompt"], GREEDY_CHARS, temperature=0)
     print(f"\nbundled: {common_prefix(got['text'], want)} greedy chars equal; stats {got['stats']}; "
@@ -326,3 +328,19 @@ def test_serve_previews_the_folder_on_localhost(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
+
+
+def test_page_sampler_follows_picogpt_sampling(browser, serve, exported: Path) -> None:
+    """The JS sampler's rules are picogpt/sampling.py's: what needs no random numbers matches exactly."""
+    page = open_page(browser, serve(exported))
+    gen = Generator(exported)
+    run = "([p, o]) => picogpt.generate(p, o)"
+    penalised = page.evaluate(run, ["the king", {"temperature": 0, "repetitionPenalty": 1.3, "maxNewTokens": 200}])
+    assert penalised == gen.generate("the king", 200, temperature=0, repetition_penalty=1.3)
+    greedy = gen.generate("the king", 100, temperature=0)
+    for opts in ({"topK": 1}, {"topP": 1e-9}):  # one candidate left: sampling is greedy
+        assert page.evaluate(run, ["the king", {"temperature": 1.5, "maxNewTokens": 100, **opts}]) == greedy
+    seeded = {"temperature": 1.0, "topK": 20, "topP": 0.9, "seed": 7, "maxNewTokens": 100}
+    first = page.evaluate(run, ["the king", seeded])
+    assert first == page.evaluate(run, ["the king", seeded]) and first != greedy  # a seed repeats its text
+    page.close()
