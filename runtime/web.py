@@ -173,7 +173,13 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
         if out.exists():  # a page written earlier: swap it out, then remove it
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
-        work.rename(out)
+        try:
+            work.rename(out)
+        except OSError:
+            if old is not None:  # put the earlier page back rather than leave nothing
+                old.rename(out)
+                old = None
+            raise
     except OSError as exc:
         raise PicoError(f"-o {out}: writing the page failed ({exc.strerror or exc})") from None
     finally:
