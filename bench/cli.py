@@ -39,7 +39,7 @@ def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) 
     if checkpoint is not None and have_torch():
         models["torch-naive"] = models["torch-kv"] = checkpoint
     for f in onnx_files:
-        from picogpt.onnx_io import OnnxDecoder
+        from picogpt.runtime.decoder import OnnxDecoder
 
         quant = OnnxDecoder(f).metadata.get("quantization", "none")
         name = next((e for e, q in ORT_ENGINES.items() if q == quant), f"ort-{quant}")
@@ -47,11 +47,11 @@ def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) 
     missing = [e for e in ORT_ENGINES if e not in models]
     if missing and checkpoint is not None and have_torch():
         click.echo(f"exporting {', '.join(missing)} from {checkpoint} ...", err=True)
+        from picogpt.checkpoint import read_checkpoint
         from picogpt.export.build import build_files
-        from picogpt.export.loading import load_any_checkpoint
 
         methods = [ORT_ENGINES[e] for e in missing if ORT_ENGINES[e] != "none"]
-        files = build_files(load_any_checkpoint(checkpoint), work, methods)
+        files = build_files(read_checkpoint(checkpoint), work, methods)
         models.update({engine: files[ORT_ENGINES[engine]] for engine in missing})
     return models
 

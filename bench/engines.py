@@ -15,69 +15,63 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import string  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from picogpt.generation import generate_ids, prefill  # noqa: E402
 from picogpt.sampling import Sampler, SamplingConfig  # noqa: E402
+from picogpt.tokenizer import CharTokenizer  # noqa: E402
+from picogpt.windows import STREAM_WINDOWS  # noqa: E402
 
 ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4")
 SAMPLING = SamplingConfig(temperature=0.8)
 
 
-def prompt_ids(n: int, vocab_letters: int = 26, seed: int = 0) -> list[int]:
-    """A deterministic pseudo-text prompt (letters and spaces) of n ids."""
+def prompt_ids(n: int, seed: int = 0) -> list[int]:
+    """A deterministic pseudo-text prompt (lower-case letters and spaces) of n ids."""
+    tok = CharTokenizer()
     rng = np.random.default_rng(seed)
-    ids = rng.integers(11, 11 + vocab_letters, size=n)
-    ids[rng.random(n) < 0.18] = 69  # spaces
+    ids = rng.choice(tok.encode(string.ascii_lowercase), size=n)
+    ids[rng.random(n) < 0.18] = tok.encode(" ")[0]
     return ids.tolist()
 
 
-def torch_engine(path: str, threads: int, naive: bool):
-    """(prefill(ids) -> logits, step(id) -> logits, reset()) for the torch model, KV-cached or naive."""
-    import torch
+class NaiveTorchDecoder:
+    """torch without a cache, as a user's first loop would run it: every token recomputes the last
+    10 windows of text (the usable context). It implements the decoder interface of picogpt.generation."""
 
-    from picogpt.export.loading import load_any_checkpoint
+    def __init__(self, model) -> None:
+        self.model, self.config = model, model.config
+        self.crop = STREAM_WINDOWS * model.config.context_len
 
-    torch.set_num_threads(threads)
-    model = load_any_checkpoint(path).model
-    crop = 10 * model.config.context_len  # naive: the usable context, recomputed every token
-    state: dict = {}
+    def new_state(self, batch: int = 1) -> list[list[int]]:
+        return [[] for _ in range(batch)]
 
-    @torch.inference_mode()
-    def prefill(ids: list[int]) -> np.ndarray:
-        state["text"] = list(ids)
-        if naive:
-            logits, _ = model(torch.tensor([state["text"][-crop:]]))
-            return logits[:, -1].numpy()
-        logits, state["kv"] = model.decode(torch.tensor([ids]), model.new_state(1))
-        return logits.numpy()
+    def feed(self, ids: np.ndarray, text: list[list[int]]) -> np.ndarray:
+        import torch
 
-    @torch.inference_mode()
-    def step(t: int) -> np.ndarray:
-        if naive:
-            state["text"].append(t)
-            logits, _ = model(torch.tensor([state["text"][-crop:]]))
-            return logits[:, -1].numpy()
-        logits, state["kv"] = model.decode(torch.tensor([[t]]), state["kv"])
-        return logits.numpy()
-
-    return prefill, step
+        for row, new in zip(text, np.asarray(ids).tolist()):
+            row.extend(new)
+        with torch.inference_mode():
+            logits, _ = self.model(torch.tensor([row[-self.crop :] for row in text]))
+        return logits[:, -1].numpy()
 
 
-def ort_engine(path: str, threads: int):
-    from picogpt.onnx_io import OnnxDecoder
+def load_decoder(engine: str, path: str, threads: int):
+    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, or onnxruntime over a file."""
+    if engine.startswith("torch"):
+        import torch
 
-    decoder = OnnxDecoder(path, threads=threads)
-    state: dict = {}
+        from picogpt.checkpoint import read_checkpoint
+        from picogpt.model import TorchDecoder
 
-    def prefill(ids: list[int]) -> np.ndarray:
-        state["s"] = decoder.new_state(1)
-        return decoder.feed(np.array([ids], dtype=np.int64), state["s"])
+        torch.set_num_threads(threads)
+        model = read_checkpoint(path).model
+        return NaiveTorchDecoder(model) if engine == "torch-naive" else TorchDecoder(model)
+    from picogpt.runtime.decoder import OnnxDecoder
 
-    def step(t: int) -> np.ndarray:
-        return decoder.feed(np.array([[t]], dtype=np.int64), state["s"])
-
-    return prefill, step
+    return OnnxDecoder(path, threads=threads)
 
 
 def peak_rss_mb() -> float:
@@ -94,31 +88,27 @@ def peak_rss_mb() -> float:
 
 
 def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int = 5) -> dict:
-    if engine.startswith("torch"):
-        prefill, step = torch_engine(path, threads, naive=engine == "torch-naive")
-    else:
-        prefill, step = ort_engine(path, threads)
+    decoder = load_decoder(engine, path, threads)
     load_s = time.perf_counter() - _T0
-    prompt = prompt_ids(128)
+    prompt = np.array([prompt_ids(128)], dtype=np.int64)
     times = []
     for _ in range(prefill_reps):
         t = time.perf_counter()
-        prefill(prompt)
+        prefill(decoder, prompt, decoder.new_state(1))
         times.append(time.perf_counter() - t)
     prefill_ms = float(np.median(times) * 1000)
-    if engine == "torch-naive":  # steady state: the cropped context is already full
-        prefill(prompt_ids(1280, seed=1))
-    else:
-        prefill(prompt)
-    sampler = Sampler(SAMPLING, 88, seed=0)
-    logits = step(int(prompt[-1]))
-    per_token = []
+    # naive: measured in steady state, with the cropped context already full
+    start = np.array([prompt_ids(decoder.crop, seed=1)], dtype=np.int64) if engine == "torch-naive" else prompt
+    sampler = Sampler(SAMPLING, decoder.config.vocab_size, seed=0)
+    per_token, last = [], None
     t_all = time.perf_counter()
-    for _ in range(tokens):
-        t = time.perf_counter()
-        nxt = int(sampler.sample(logits)[0])
-        logits = step(nxt)
-        per_token.append(time.perf_counter() - t)
+    for _ in generate_ids(decoder, start, tokens + 1, sampler):  # the time between two ids: feed + sample
+        now = time.perf_counter()
+        if last is None:
+            t_all = now
+        else:
+            per_token.append(now - last)
+        last = now
     total = time.perf_counter() - t_all
     ms = np.array(per_token) * 1000
     return {

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import click
 
+from picogpt.config import GPTConfig
 from picogpt.errors import PicoError, check_writable_file, cli_errors
 from picogpt.system import check_threads
+from picogpt.windows import STREAM_WINDOWS
 
 # name -> (picogpt-train arguments, presets it runs with; None = the arguments fix the shape)
 RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
@@ -33,21 +35,22 @@ RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
                  "--batch-size", "12", "--optimizer", "adamw", "--schedule", "cosine", "--lr", "1e-3",
                  "--warmup-iters", "100", "--eval-interval", "250", "--eval-iters", "20"], None),
 }
-SEQ_CHARS = 1280  # the streaming protocol's sequence: 10 windows of the default 128 characters
+SEQ_CHARS = STREAM_WINDOWS * GPTConfig.context_len  # the streaming protocol's sequence: 1,280 characters
 
 
 def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
     """Full-val cross-entropy, carried and zeroed, per window and per window position (run in a child)."""
     import torch
 
-    from picogpt.checkpoint import load_model
-    from picogpt.data import load_token_data
-    from picogpt.evaluate import stream_score
+    from picogpt.checkpoint import read_checkpoint
+    from picogpt.data import DataConfig
+    from picogpt.data.text import load_token_data
+    from picogpt.train.evaluate import stream_score
 
     torch.set_num_threads(threads)
-    model, tokenizer, ckpt_dict = load_model(ckpt)
-    dataset = ckpt_dict.get("train_config", {}).get("dataset", "tinyshakespeare")
-    if dataset == "wikipedia":
+    loaded = read_checkpoint(ckpt)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if (DataConfig.from_checkpoint(loaded.state) or DataConfig()).dataset == "wikipedia":
         raise PicoError("the quality benchmark scores a text split; this checkpoint was trained on Wikipedia")
     val = load_token_data(data, tokenizer, SEQ_CHARS, "data")[0].val
     carried, zeroed = (stream_score(model, val, SEQ_CHARS, carry=c) for c in (True, False))
@@ -61,8 +64,8 @@ def score_onnx(path: Path, data: str | None, threads: int) -> dict:
     the val text in consecutive 1,280-character sequences, all of them fed in lockstep one id a step."""
     import numpy as np
 
-    from picogpt.data import load_token_data
-    from picogpt.onnx_io import OnnxDecoder
+    from picogpt.data.text import load_token_data
+    from picogpt.runtime.decoder import OnnxDecoder
     from picogpt.windows import stream_batches
 
     dec = OnnxDecoder(path, threads=threads)
@@ -187,16 +190,20 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
             json_path: Path | None, md_path: Path | None, plot_path: Path | None,
             onnx_files: tuple[Path, ...]) -> None:
     """Train each recipe for the same wall time, one after another, and score each on the full val split."""
+    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
+        check_writable_file(path, flag)
     if onnx_files:
+        scores = []
         for f in onnx_files:
             r = score_onnx(f, data, threads)
+            scores.append({"file": str(f), **r})
             click.echo(f"{f}: val {r['val_loss']:.4f} on {r['targets']:,} characters ({r['quantization']}, "
                        "streamed through the runtime in 1,280-character sequences)")
+        if json_path:
+            json_path.write_text(json.dumps(scores, indent=2))
         return
     from picogpt.bench.system_info import busy_report, machine_report
 
-    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
-        check_writable_file(path, flag)
     check_threads(threads)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,12 @@ COLUMNS = [("engine", "engine", "{}"), ("threads", "thr", "{}"), ("size_mb", "si
 def model_costs(engine: str, path: Path) -> tuple[float, float]:
     """(bytes streamed per token, FLOPs per token) for one engine's step."""
     if engine.startswith("torch"):
-        import torch
+        from picogpt.checkpoint import read_checkpoint
 
-        from picogpt.config import GPTConfig
-
-        cfg = GPTConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+        cfg = read_checkpoint(path).model.config
         weight_bytes = cfg.num_params(include_positions=True) * 4
     else:
-        from picogpt.onnx_io import OnnxDecoder
+        from picogpt.runtime.decoder import OnnxDecoder
 
         cfg = OnnxDecoder(path).config
         weight_bytes = path.stat().st_size
@@ -30,8 +28,10 @@ def model_costs(engine: str, path: Path) -> tuple[float, float]:
     attn_flops = 4 * cfg.n_layer * cfg.n_positions * cfg.n_embd
     flops = 2 * cfg.num_params() + attn_flops
     if engine == "torch-naive":  # 1,280 positions recomputed per token; the weights are still read once
-        positions = 10 * cfg.context_len
-        return weight_bytes, flops * positions + attn_flops * cfg.n_positions * 10
+        from picogpt.windows import STREAM_WINDOWS
+
+        positions = STREAM_WINDOWS * cfg.context_len
+        return weight_bytes, flops * positions + attn_flops * cfg.n_positions * STREAM_WINDOWS
     return weight_bytes + cache_bytes, flops
 
 

@@ -24,8 +24,8 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
     import torch.nn as nn
 
     from picogpt.model import GPT, Linear
-    from picogpt.optim import make_optimizer
-    from picogpt.presets import PRESETS
+    from picogpt.train.optim import make_optimizer
+    from picogpt.train.presets import PRESETS
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -45,8 +45,8 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
             logits = model.lm_head(hidden)
             return nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
     else:
-        from picogpt.malloc import keep_heap_memory
-        from picogpt.train import StepRunner
+        from picogpt.train.malloc import keep_heap_memory
+        from picogpt.train.runner import StepRunner
 
         keep_heap_memory()
         torch.set_num_threads(1)  # threads become data-parallel workers, as picogpt-train does

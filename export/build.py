@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from picogpt.checkpoint import Loaded
+from picogpt.contract import metadata_dict
 from picogpt.errors import PicoError
 from picogpt.export.graph import export_layout
-from picogpt.export.loading import Loaded
 from picogpt.export.quantize import CALIBRATED, quantize
-from picogpt.onnx_io import metadata_dict
 
 
 def set_metadata(path: Path, meta: dict[str, str]) -> None:

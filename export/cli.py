@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 import numpy as np
 
-from picogpt.data import find_tinyshakespeare, load_token_data
-from picogpt.errors import PicoError, cli_errors
+from picogpt.checkpoint import Loaded, read_checkpoint
+from picogpt.contract import (
+    FINGERPRINT_CHARS,
+    FINGERPRINT_PROMPT,
+    LAYOUTS,
+    META_PREFIX,
+    fused_unsupported,
+    metadata_dict,
+)
+from picogpt.data import DataConfig
+from picogpt.data.text import find_tinyshakespeare, load_token_data
+from picogpt.errors import PicoError, check_writable_file, cli_errors
 from picogpt.export.build import build_files, set_metadata
-from picogpt.export.loading import Loaded, load_any_checkpoint
 from picogpt.export.quantize import CALIBRATED, METHODS
-from picogpt.export.verify import FP32_MAX_LOGIT_DIFF, Parity, compare, format_table, time_step
-from picogpt.onnx_io import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, LAYOUTS, META_PREFIX, OnnxDecoder, metadata_dict
+from picogpt.export.verify import (
+    AUTO_MAX_NATS,
+    FP32_MAX_LOGIT_DIFF,
+    Parity,
+    choose_auto,
+    compare,
+    format_table,
+    time_step,
+)
+from picogpt.generation import greedy_text
+from picogpt.runtime.decoder import OnnxDecoder
 from picogpt.system import check_threads
 
-AUTO_MAX_NATS = 0.02
 CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 384 training characters
 
 
 def text_splits(loaded: Loaded, data: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     """(train ids, val ids) of `data`, read and split as picogpt-train reads it (a text file 90/10,
-    or a prepared train.bin with its val.bin); default: tinyshakespeare if cached; None if no text."""
+    or a prepared train.bin with its val.bin). Default: the text file the checkpoint was trained on (if it
+    is still there), else tinyshakespeare if cached; None if no text."""
+    stored = DataConfig.from_checkpoint(loaded.state)
+    if data is None and stored is not None and stored.path is not None and Path(stored.path).is_file():
+        data = stored.path
     if data is None:
         try:
             data = str(find_tinyshakespeare(download=False))
@@ -52,7 +75,7 @@ def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | Non
     if ids is not None:
         return ids, True
     click.echo("note: no validation text found (--data); verifying on random ids, no val-loss figure", err=True)
-    return np.random.default_rng(0).integers(1, loaded.model.config.vocab_size - 7, size=(batch, n)), False
+    return np.random.default_rng(0).choice(loaded.tokenizer.text_ids(), size=(batch, n)).astype(np.int64), False
 
 
 def remove_stale_work_dirs(folder: Path) -> None:
@@ -96,6 +119,25 @@ def check_output_path(out: Path, checkpoint: Path) -> None:
                         "(remove it, or choose another output path)")
 
 
+def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple[np.ndarray, np.ndarray] | None,
+                      threads: int) -> dict[str, Parity]:
+    """Compare every candidate file with torch and time its step; refuse when the fp32 graph is not exact."""
+    click.echo("verifying against torch (teacher-forced logits, greedy text, val loss) ...")
+    ids, real = verification_ids(loaded, splits, windows=3, batch=2)
+    prompt = loaded.tokenizer.encode(FINGERPRINT_PROMPT)
+    results: dict[str, Parity] = {}
+    for name, path in candidates.items():
+        r = compare(loaded.model, path, name, ids, real, prompt, greedy_len=320, threads=threads)
+        r.ms_per_step = time_step(OnnxDecoder(path, threads=threads), past=loaded.model.config.context_len)
+        results[name] = r
+    click.echo(format_table(list(results.values())))
+    r = results["none"]
+    if not r.fp32_ok:
+        raise PicoError(f"fp32 parity failed: max |dlogit| {r.max_abs_logit:.2e} (limit "
+                        f"{FP32_MAX_LOGIT_DIFF:.0e}), greedy text equal for {r.greedy_equal}/{r.greedy_len}")
+    return results
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
@@ -109,21 +151,27 @@ def check_output_path(out: Path, checkpoint: Path) -> None:
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with torch before writing.")
 @click.option("--data", type=str, default=None,
-              help="Text: its last 10% verifies, its first 90% calibrates int4-gptq (default: tinyshakespeare "
-                   "if cached).")
+              help="Text: its last 10% verifies, its first 90% calibrates int4-gptq (default: the text file the "
+                   "checkpoint was trained on, else tinyshakespeare if cached).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime threads for verification and timing.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the verification table and the chosen quantization as JSON.")
 @cli_errors
 def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool, data: str | None,
-         threads: int) -> None:
+         threads: int, json_path: Path | None) -> None:
     """Export a checkpoint to one self-describing ONNX file (prefill + decode with the context vector)."""
     import onnx
     import torch
 
     check_output_path(output, checkpoint)
+    check_writable_file(json_path, "--json")
     check_threads(threads)
-    loaded = load_any_checkpoint(checkpoint)
+    loaded = read_checkpoint(checkpoint)
     cfg = loaded.model.config
+    why = fused_unsupported(cfg) if layout == "fused" else None
+    if why:
+        raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
                f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
     folder = output.parent if str(output.parent) else Path(".")
@@ -141,36 +189,23 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
             click.echo(f"note: no text for calibration (--data); auto leaves out {', '.join(CALIBRATED)}", err=True)
         candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo, calibration=calibration)
 
-        results: dict[str, Parity] = {}
-        if verify or method == "auto":
-            click.echo("verifying against torch (teacher-forced logits, greedy text, val loss) ...")
-            ids, real = verification_ids(loaded, splits, windows=3, batch=2)
-            prompt = loaded.tokenizer.encode(FINGERPRINT_PROMPT)
-            for name, path in candidates.items():
-                r = compare(loaded.model, path, name, ids, real, prompt, greedy_len=320, threads=threads)
-                r.ms_per_step = time_step(OnnxDecoder(path, threads=threads), past=cfg.context_len)
-                results[name] = r
-            click.echo(format_table(list(results.values())))
-            if not results["none"].fp32_ok:
-                r = results["none"]
-                raise PicoError(f"fp32 parity failed: max |dlogit| {r.max_abs_logit:.2e} (limit "
-                                f"{FP32_MAX_LOGIT_DIFF:.0e}), greedy text equal for {r.greedy_equal}/{r.greedy_len}")
-
+        results = verify_candidates(loaded, candidates, splits, threads) if verify or method == "auto" else {}
         chosen = method
         if method == "auto":
-            ok = [r for n, r in results.items() if n != "none" and r.val_loss_delta is not None
-                  and r.val_loss_delta <= AUTO_MAX_NATS]
-            if not ok:
-                ok = [r for n, r in results.items() if n != "none" and r.top1_agreement >= 0.98]
-            chosen = min(ok, key=lambda r: r.ms_per_step or 0).name if ok else "none"
+            chosen = choose_auto(results)
             click.echo(f"auto: chose {chosen} (fastest within {AUTO_MAX_NATS} nats of torch)")
         final = candidates[chosen]
-        fingerprint = OnnxDecoder(final, threads=threads).greedy(FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
+        decoder = OnnxDecoder(final, threads=threads)
+        fingerprint = greedy_text(decoder, decoder.tokenizer, FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
         set_metadata(final, metadata_dict(cfg, loaded.tokenizer, chosen, loaded.step, loaded.val_loss, fingerprint,
                                           layout))
         onnx.checker.check_model(str(final))
         os.replace(final, output)  # only a verified file ever appears at the output path
         click.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, quantization {chosen})")
+        if json_path:
+            rows = [{**asdict(r), "val_loss_delta": r.val_loss_delta} for r in results.values()]
+            json_path.write_text(json.dumps({"output": str(output), "quantization": chosen, "verification": rows},
+                                            indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
+from picogpt.contract import fused_cache_names, io_spec, slot_id
 from picogpt.model import GPT
-from picogpt.onnx_io import fused_cache_names, fused_io_names, slot_id
 
 MS_DOMAIN = "com.microsoft"
 LN_EPS = 1e-5  # the model's F.layer_norm epsilon
@@ -44,95 +44,101 @@ class _Graph:
         return outputs
 
 
-def build_fused(model: GPT, opset: int = 18) -> onnx.ModelProto:
-    """The fused fp32 decode graph of `model` (inputs/outputs: picogpt.onnx_io FUSED_*)."""
-    c = model.config
-    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    g = _Graph()
-    E, H = c.n_embd, c.n_head
+class FusedBuilder(_Graph):
+    """Builds the fused graph of one model: the embedding, one layer at a time, the head, the I/O."""
 
-    def w(name: str) -> np.ndarray:
-        return sd[name]
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.c = model.config
+        self.sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 
-    def bias(name: str, size: int) -> np.ndarray:
-        return sd[name] if name in sd else np.zeros(size, np.float32)
+    def bias(self, name: str, size: int) -> np.ndarray:
+        return self.sd[name] if name in self.sd else np.zeros(size, np.float32)
 
-    def linear(x: str, prefix: str, out: str, with_bias: bool) -> str:
+    def linear(self, x: str, prefix: str, out: str, with_bias: bool) -> str:
         """x @ W^T (+ b when `with_bias`; otherwise the caller folds the bias downstream)."""
-        y = g.node("MatMul", [x, g.const(f"{prefix}.weight_t", w(f"{prefix}.weight").T)],
-                   [out if not with_bias else out + "_mm"], f"{prefix}/MatMul")[0]
+        weight = self.sd[f"{prefix}.weight"]
+        y = self.node("MatMul", [x, self.const(f"{prefix}.weight_t", weight.T)],
+                      [out if not with_bias else out + "_mm"], f"{prefix}/MatMul")[0]
         if with_bias:
-            b = g.const(f"{prefix}.bias", bias(f"{prefix}.bias", w(f"{prefix}.weight").shape[0]))
-            y = g.node("Add", [y, b], [out], f"{prefix}/Add")[0]
+            b = self.const(f"{prefix}.bias", self.bias(f"{prefix}.bias", weight.shape[0]))
+            y = self.node("Add", [y, b], [out], f"{prefix}/Add")[0]
         return y
 
-    def skip_ln(x: str, skip: str, ln: str, extra_bias: str | None, tag: str) -> tuple[str, str]:
+    def skip_ln(self, x: str, skip: str, ln: str, extra_bias: str | None, tag: str) -> tuple[str, str]:
         """LayerNorm(x + skip + bias) with the sum as a second output (the new residual stream)."""
-        gamma = g.const(f"{ln}.weight", w(f"{ln}.weight"))
-        beta = g.const(f"{ln}.bias", bias(f"{ln}.bias", E))
-        ins = [x, skip, gamma, beta] + ([g.const(extra_bias, bias(extra_bias, E))] if extra_bias else [])
-        out, _, _, total = g.node("SkipLayerNormalization", ins, [f"{tag}_ln", "", "", f"{tag}_sum"], f"{tag}/SkipLN",
-                                  MS_DOMAIN, epsilon=LN_EPS)
+        E = self.c.n_embd
+        gamma = self.const(f"{ln}.weight", self.sd[f"{ln}.weight"])
+        beta = self.const(f"{ln}.bias", self.bias(f"{ln}.bias", E))
+        ins = [x, skip, gamma, beta] + ([self.const(extra_bias, self.bias(extra_bias, E))] if extra_bias else [])
+        out, _, _, total = self.node("SkipLayerNormalization", ins, [f"{tag}_ln", "", "", f"{tag}_sum"],
+                                     f"{tag}/SkipLN", MS_DOMAIN, epsilon=LN_EPS)
         return out, total
 
-    # Embedding: the slot id indexes an extra zero row, then `Where` swaps in the context vector.
-    wte = w("transformer.wte.weight")
-    table = g.const("wte_with_slot_row", np.concatenate([wte, np.zeros((1, E), np.float32)]))
-    tok = g.node("Gather", [table, "input_ids"], ["tok_emb"], "embed/Gather")[0]
-    slot = g.const("slot_id", np.array(slot_id(c), np.int64))
-    is_slot = g.node("Equal", ["input_ids", slot], ["is_slot"], "embed/Equal")[0]
-    is_slot = g.node("Unsqueeze", [is_slot, g.const("axis_last", np.array([-1], np.int64))], ["is_slot3"],
-                     "embed/UnsqueezeMask")[0]
-    ctx = g.node("Unsqueeze", ["context", g.const("axis_1", np.array([1], np.int64))], ["context3"],
-                 "embed/UnsqueezeContext")[0]
-    x = g.node("Where", [is_slot, ctx, tok], ["x_emb"], "embed/Where")[0]
-    pos = g.node("Gather", [g.const("wpe", w("transformer.wpe.weight")), "position_ids"], ["pos_emb"],
-                 "embed/GatherPos")[0]
+    def embed(self) -> tuple[str, str]:
+        """Token + position embeddings, then layer 0's ln_1: (normed, residual stream).
 
-    ln, resid = skip_ln(x, pos, "transformer.h.0.ln_1", None, "h0_in")
-    for i in range(c.n_layer):
-        p = f"transformer.h.{i}"
+        The slot id indexes an extra zero row, then `Where` swaps in the context vector."""
+        wte = self.sd["transformer.wte.weight"]
+        table = self.const("wte_with_slot_row", np.concatenate([wte, np.zeros((1, self.c.n_embd), np.float32)]))
+        tok = self.node("Gather", [table, "input_ids"], ["tok_emb"], "embed/Gather")[0]
+        slot = self.const("slot_id", np.array(slot_id(self.c), np.int64))
+        is_slot = self.node("Equal", ["input_ids", slot], ["is_slot"], "embed/Equal")[0]
+        is_slot = self.node("Unsqueeze", [is_slot, self.const("axis_last", np.array([-1], np.int64))], ["is_slot3"],
+                            "embed/UnsqueezeMask")[0]
+        ctx = self.node("Unsqueeze", ["context", self.const("axis_1", np.array([1], np.int64))], ["context3"],
+                        "embed/UnsqueezeContext")[0]
+        x = self.node("Where", [is_slot, ctx, tok], ["x_emb"], "embed/Where")[0]
+        pos = self.node("Gather", [self.const("wpe", self.sd["transformer.wpe.weight"]), "position_ids"],
+                        ["pos_emb"], "embed/GatherPos")[0]
+        return self.skip_ln(x, pos, "transformer.h.0.ln_1", None, "h0_in")
+
+    def layer(self, i: int, ln: str, resid: str) -> tuple[str, str]:
+        """Block i from its normed input; returns the next block's (or ln_f's) normed input and the stream."""
+        p, E = f"transformer.h.{i}", self.c.n_embd
         past_k, past_v, present_k, present_v = fused_cache_names(i)
-        qkv = linear(ln, f"{p}.attn.c_attn", f"h{i}_qkv", with_bias=True)
-        attn = g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, "seqlens_k", "total_sequence_length"],
-                      [f"h{i}_attn", present_k, present_v], f"h{i}/GroupQueryAttention", MS_DOMAIN,
-                      num_heads=H, kv_num_heads=H)[0]
-        proj = linear(attn, f"{p}.attn.c_proj", f"h{i}_attn_proj", with_bias=False)
-        ln, resid = skip_ln(proj, resid, f"{p}.ln_2", f"{p}.attn.c_proj.bias", f"h{i}_mid")
-        fc = linear(ln, f"{p}.mlp.c_fc", f"h{i}_fc", with_bias=False)
-        gelu = g.node("BiasGelu", [fc, g.const(f"{p}.mlp.c_fc.bias", bias(f"{p}.mlp.c_fc.bias", 4 * E))],
-                      [f"h{i}_gelu"], f"h{i}/BiasGelu", MS_DOMAIN)[0]
-        mlp = linear(gelu, f"{p}.mlp.c_proj", f"h{i}_mlp", with_bias=False)
-        next_ln = f"transformer.h.{i + 1}.ln_1" if i + 1 < c.n_layer else "transformer.ln_f"
-        ln, resid = skip_ln(mlp, resid, next_ln, f"{p}.mlp.c_proj.bias", f"h{i}_out")
+        qkv = self.linear(ln, f"{p}.attn.c_attn", f"h{i}_qkv", with_bias=True)
+        attn = self.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, "seqlens_k", "total_sequence_length"],
+                         [f"h{i}_attn", present_k, present_v], f"h{i}/GroupQueryAttention", MS_DOMAIN,
+                         num_heads=self.c.n_head, kv_num_heads=self.c.n_head)[0]
+        proj = self.linear(attn, f"{p}.attn.c_proj", f"h{i}_attn_proj", with_bias=False)
+        ln, resid = self.skip_ln(proj, resid, f"{p}.ln_2", f"{p}.attn.c_proj.bias", f"h{i}_mid")
+        fc = self.linear(ln, f"{p}.mlp.c_fc", f"h{i}_fc", with_bias=False)
+        gelu = self.node("BiasGelu", [fc, self.const(f"{p}.mlp.c_fc.bias", self.bias(f"{p}.mlp.c_fc.bias", 4 * E))],
+                         [f"h{i}_gelu"], f"h{i}/BiasGelu", MS_DOMAIN)[0]
+        mlp = self.linear(gelu, f"{p}.mlp.c_proj", f"h{i}_mlp", with_bias=False)
+        next_ln = f"transformer.h.{i + 1}.ln_1" if i + 1 < self.c.n_layer else "transformer.ln_f"
+        return self.skip_ln(mlp, resid, next_ln, f"{p}.mlp.c_proj.bias", f"h{i}_out")
 
-    # ln is now ln_f of every new row: its sum feeds the next context vector, the last row the logits.
-    g.node("ReduceSum", [ln, g.const("axes_1", np.array([1], np.int64))], ["hidden_sum"], "head/ReduceSum",
-           keepdims=0)
-    last = g.node("Slice", [ln, g.const("minus_1", np.array([-1], np.int64)),
-                            g.const("int64_max", np.array([np.iinfo(np.int64).max], np.int64)),
-                            "axes_1"], ["last_hidden"], "head/SliceLast")[0]
-    logits3 = g.node("MatMul", [last, g.const("lm_head.weight_t", w("lm_head.weight").T)], ["logits3"],
-                     "lm_head/MatMul")[0]
-    g.node("Squeeze", [logits3, "axes_1"], ["logits"], "head/Squeeze")
+    def head(self, ln: str) -> None:
+        """ln is ln_f of every new row: its sum feeds the next context vector, the last row the logits."""
+        self.node("ReduceSum", [ln, self.const("axes_1", np.array([1], np.int64))], ["hidden_sum"], "head/ReduceSum",
+                  keepdims=0)
+        last = self.node("Slice", [ln, self.const("minus_1", np.array([-1], np.int64)),
+                                   self.const("int64_max", np.array([np.iinfo(np.int64).max], np.int64)),
+                                   "axes_1"], ["last_hidden"], "head/SliceLast")[0]
+        logits3 = self.node("MatMul", [last, self.const("lm_head.weight_t", self.sd["lm_head.weight"].T)],
+                            ["logits3"], "lm_head/MatMul")[0]
+        self.node("Squeeze", [logits3, "axes_1"], ["logits"], "head/Squeeze")
 
-    f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
-    cache_shape = ["batch", H, c.n_positions, c.head_size]
-    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "new"]),
-              helper.make_tensor_value_info("context", f32, ["batch", E]),
-              helper.make_tensor_value_info("position_ids", i64, ["batch", "new"]),
-              helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
-              helper.make_tensor_value_info("total_sequence_length", i32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", c.vocab_size]),
-               helper.make_tensor_value_info("hidden_sum", f32, ["batch", E])]
-    for i in range(c.n_layer):
-        past_k, past_v, present_k, present_v = fused_cache_names(i)
-        inputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in (past_k, past_v)]
-        outputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in (present_k, present_v)]
-    assert ([i.name for i in inputs], [o.name for o in outputs]) == fused_io_names(c.n_layer)
-    graph = helper.make_graph(g.nodes, "picogpt_fused_decode", inputs, outputs, g.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],
-                             producer_name="picogpt.export.fused")
+    def model_proto(self, opset: int) -> onnx.ModelProto:
+        """The graph with its inputs and outputs as `picogpt.contract.io_spec` declares them."""
+        inputs, outputs = ([helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
+                                                          shape) for name, dtype, shape in spec]
+                           for spec in io_spec("fused", self.c))
+        graph = helper.make_graph(self.nodes, "picogpt_fused_decode", inputs, outputs, self.inits)
+        return helper.make_model(graph, producer_name="picogpt.export.fused",
+                                 opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)])
+
+
+def build_fused(model: GPT, opset: int = 18) -> onnx.ModelProto:
+    """The fused fp32 decode graph of `model`."""
+    b = FusedBuilder(model)
+    ln, resid = b.embed()
+    for i in range(model.config.n_layer):
+        ln, resid = b.layer(i, ln, resid)
+    b.head(ln)
+    return b.model_proto(opset)
 
 
 def export_fused(model: GPT, path: str | Path, opset: int = 18) -> float:

@@ -1,4 +1,4 @@
-"""The decode-step module that is exported: one graph for prefill and decode (see picogpt.onnx_io)."""
+"""The decode-step module that is exported: one graph for prefill and decode (see picogpt.contract)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from picogpt.contract import io_spec, slot_id
 from picogpt.model import GPT
-from picogpt.onnx_io import INPUTS, OUTPUTS, slot_id
 
 
 class DecodeStep(nn.Module):
@@ -65,15 +65,16 @@ def export_onnx(model: GPT, path: str | os.PathLike, opset: int = 18) -> float:
     step = DecodeStep(model.eval()).eval()
     batch, new, past = Dim("batch", min=1, max=4096), Dim("new", min=1, max=model.config.n_positions), \
         Dim("past", min=0, max=model.config.context_len)
-    dynamic_shapes = {
-        "input_ids": {0: batch, 1: new}, "context": {0: batch},
-        "past_key": {1: batch, 3: past}, "past_value": {1: batch, 3: past},
-    }
+    dims = {"batch": batch, "new": new, "past": past}
+    inputs, outputs = io_spec("portable", model.config)
+    # The contract's symbolic axes of each input become the exporter's dynamic dims.
+    dynamic_shapes = {name: {k: dims[d] for k, d in enumerate(shape) if isinstance(d, str)}
+                      for name, _, shape in inputs}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            step, example_inputs(model), dynamo=True, opset_version=opset, input_names=list(INPUTS),
-            output_names=list(OUTPUTS), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            step, example_inputs(model), dynamo=True, opset_version=opset, input_names=[n for n, _, _ in inputs],
+            output_names=[n for n, _, _ in outputs], dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
         )
     program.save(str(path))
     return time.perf_counter() - t0

@@ -35,8 +35,11 @@ def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarra
         # Without VNNI, MLAS's u8s8 kernels saturate the 16-bit intermediate sums (measured ~4x the
         # error of u8 weights here): use u8 weights, or reduce_range when signed weights are wanted.
         vnni = has_vnni()
+        # The lm_head stays fp32 (88 x 256, 0.07 MB; the portable graph's is a Gemm, left fp32 the same way):
+        # on the bundled model int8 top-1 agreement went from 98.81% to 99.30% on 12,288 val positions.
+        lm_head = [n.name for n in onnx.load(src, load_external_data=False).graph.node if n.name.startswith("lm_head")]
         quantize_dynamic(
-            src, dst, op_types_to_quantize=["MatMul"], per_channel=method == "int8-channel",
+            src, dst, op_types_to_quantize=["MatMul"], per_channel=method == "int8-channel", nodes_to_exclude=lm_head,
             reduce_range=not vnni and method == "int8-channel",
             weight_type=QuantType.QInt8 if vnni else QuantType.QUInt8,
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from picogpt.model import GPT
-from picogpt.onnx_io import OnnxDecoder
-from picogpt.sampling import SamplingConfig
+from picogpt.generation import greedy_ids
+from picogpt.model import GPT, TorchDecoder
+from picogpt.runtime.decoder import OnnxDecoder
 
 FP32_MAX_LOGIT_DIFF = 1e-4
 
@@ -79,14 +79,27 @@ def compare(model: GPT, path: Path, name: str, ids: np.ndarray, real_text: bool,
     ref = ref.numpy()
     got = onnx_logits(decoder, inputs)
     agree = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    torch_text = model.generate(prompt_ids, greedy_len, SamplingConfig(temperature=0))[0]
-    onnx_text = decoder.greedy_ids(prompt_ids, greedy_len)
+    torch_text = greedy_ids(TorchDecoder(model), prompt_ids, greedy_len)
+    onnx_text = greedy_ids(decoder, prompt_ids, greedy_len)
     same = next((i for i, (a, b) in enumerate(zip(torch_text, onnx_text)) if a != b), greedy_len)
     return Parity(
         name=name, max_abs_logit=float(np.abs(ref - got).max()), top1_agreement=agree, greedy_equal=same,
         greedy_len=greedy_len, val_loss_torch=mean_ce(ref, targets) if real_text else None,
         val_loss_onnx=mean_ce(got, targets) if real_text else None, size_mb=path.stat().st_size / 1e6,
     )
+
+
+# `--quantize auto` keeps the fastest file within this many nats of torch's val loss.
+AUTO_MAX_NATS = 0.02
+
+
+def choose_auto(results: dict[str, Parity]) -> str:
+    """The fastest quantized file within AUTO_MAX_NATS of torch (without val text: >= 98% top-1), else "none"."""
+    ok = [r for n, r in results.items() if n != "none" and r.val_loss_delta is not None
+          and r.val_loss_delta <= AUTO_MAX_NATS]
+    if not ok:
+        ok = [r for n, r in results.items() if n != "none" and r.top1_agreement >= 0.98]
+    return min(ok, key=lambda r: r.ms_per_step or 0).name if ok else "none"
 
 
 def format_table(rows: list[Parity]) -> str:

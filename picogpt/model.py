@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from picogpt.config import GPTConfig
+from picogpt.generation import generate_ids
 from picogpt.sampling import Sampler, SamplingConfig
 from picogpt.windows import plan_chunks
 
@@ -252,32 +253,40 @@ class GPT(nn.Module):
             raise ValueError("decode needs at least one new id")
         return self.lm_head(last_hidden), state
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        prompt_ids: list[int] | list[list[int]],
-        max_new_tokens: int,
-        sampling: SamplingConfig | None = None,
-        seed: int | None = None,
-    ) -> list[list[int]]:
+    def generate(self, prompt_ids: list[int] | list[list[int]], max_new_tokens: int,
+                 sampling: SamplingConfig | None = None, seed: int | None = None) -> list[list[int]]:
         """Sample `max_new_tokens` ids after each prompt (one list or a batch of equal-length lists).
 
-        O(1) work per new token: one cached decode step each, never recomputing the text.
-        The sampler is the numpy one the ONNX runtime uses, so both give the same text.
+        O(1) work per new token: one cached decode step each, never recomputing the text. The loop and the
+        sampler are the ones the ONNX runtime uses (picogpt.generation), so both give the same text.
         """
         single = not prompt_ids or isinstance(prompt_ids[0], int)
         batch = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         if len({len(p) for p in batch}) != 1 or not batch[0]:
             raise ValueError("prompts must be non-empty and of equal length")
         sampler = Sampler(sampling or SamplingConfig(), self.config.vocab_size, seed=seed)
-        idx = torch.tensor(batch, dtype=torch.long, device=self.lm_head.weight.device)
-        sampler.observe(np.asarray(batch))
-        logits, state = self.decode(idx, self.new_state(len(batch)))
-        out: list[list[int]] = [[] for _ in batch]
-        for step in range(max_new_tokens):
-            nxt = sampler.sample(logits.float().cpu().numpy())
-            for row, t in zip(out, nxt):
-                row.append(int(t))
-            if step + 1 < max_new_tokens:
-                logits, state = self.decode(torch.from_numpy(nxt[:, None]).to(idx.device), state)
-        return out
+        steps = list(generate_ids(TorchDecoder(self), np.asarray(batch, dtype=np.int64), max_new_tokens, sampler))
+        return np.stack(steps, axis=1).tolist() if steps else [[] for _ in batch]
+
+
+@dataclass
+class TorchStream:
+    """The decoder state of `TorchDecoder`: `GPT.decode` returns a new state, the interface updates in place."""
+
+    state: DecodeState
+
+
+class TorchDecoder:
+    """The decoder interface of picogpt.generation over `GPT.decode`: numpy ids in, numpy logits out."""
+
+    def __init__(self, model: GPT) -> None:
+        self.model, self.config = model, model.config
+
+    def new_state(self, batch: int = 1) -> TorchStream:
+        return TorchStream(self.model.new_state(batch))
+
+    @torch.inference_mode()
+    def feed(self, ids: np.ndarray, stream: TorchStream) -> np.ndarray:
+        idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.model.lm_head.weight.device)
+        logits, stream.state = self.model.decode(idx, stream.state)
+        return logits.float().cpu().numpy()

@@ -56,6 +56,10 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def text_ids(self) -> list[int]:
+        """Ids of ordinary characters: not <?>, not the special tokens, not the padding of the table."""
+        return sorted(self.char_to_id.values())
+
     def encode_counted(self, text: str, allow_special: bool = True) -> Encoded:
         """Encode `text`; characters outside the table become id 0 and are counted."""
         lookup = self.char_to_id

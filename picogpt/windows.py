@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+# Text is scored and benchmarked in streams of 10 windows (1,280 characters by default): long enough that
+# most positions sit in a window that got a carried context vector, as in a long generation.
+STREAM_WINDOWS = 10
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -42,7 +46,7 @@ def stream_batches(ids, seq_chars: int, batch_size: int):
     """Text as the runtime streams it, for scoring: (inputs, targets) [b, seq_chars] batches of consecutive
     sequences covering every target of `ids` after the first once; the last, shorter sequence comes alone.
 
-    Shared by the torch scorer (picogpt.evaluate) and the runtime scorer (picogpt-bench quality --onnx).
+    Shared by the torch scorer (picogpt.train.evaluate) and the runtime scorer (picogpt-bench quality --onnx).
     """
     import numpy as np
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from picogpt.errors import PicoError, cli_errors
-from picogpt.runtime.generator import Generator, StopMatcher
+from picogpt.generation import check_request
+from picogpt.runtime.generator import Generator, Session
 from picogpt.sampling import SamplingConfig
 
 CHAT_STOP = "</A>"
@@ -21,27 +22,17 @@ def chat_prompt(question: str) -> str:
     return f"<Q> {question.strip()} </Q>\n<A>"
 
 
-def stream_to_stdout(gen: Generator, prompt_ids: list[int], max_new: int, sampling: SamplingConfig,
-                     seed: int | None, stops: list[str], state=None) -> tuple[int, float]:
-    """Print one sample as it is produced; returns (tokens generated, seconds of generation after the prefill)."""
-    matcher = StopMatcher(stops)
-    n, t0 = 0, time.perf_counter()
+def stream_to_stdout(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,
+                     stops: list[str], session: Session | None = None) -> None:
+    """Print one sample as it is produced (the generator's text stream); `gen.stats` then says how long it took."""
     try:
-        for ids in gen.stream_ids(prompt_ids, max_new, sampling, seed, state=state):
-            if n == 0:
-                t0 = time.perf_counter()  # the first token comes with the prefill, timed apart
-            n += 1
-            piece = matcher.push(gen.tokenizer.decode([int(ids[0])]))
-            if piece:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            if matcher.stopped:
-                break
-        sys.stdout.write(matcher.flush())
+        for piece in gen.stream(text, max_new_tokens=max_new, sampling=sampling, seed=seed, stop=stops,
+                                session=session):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     finally:
         sys.stdout.write("\n")
         sys.stdout.flush()
-    return n, time.perf_counter() - t0
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,11 +63,8 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
     t_load = time.perf_counter()
     gen = Generator(model, threads=threads)
     load_s = time.perf_counter() - t_load
-    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty).validate(gen.config.vocab_size)
-    if max_new_tokens < 0:
-        raise PicoError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if num_samples < 1:
-        raise PicoError(f"--num-samples must be >= 1, got {num_samples}")
+    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
+    check_request(max_new_tokens, num_samples, seed, sampling, gen.config)
     stops = list(stop) + ([CHAT_STOP] if chat else [])
     if verify:
         ok, expected, got = gen.verify()
@@ -93,15 +81,15 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
     if num_samples > 1:
         print_samples(gen, text, max_new_tokens, sampling, seed, stops, num_samples)
         return
-    ids = gen.encode_prompt(text)
     if not chat:  # like nanoGPT's sample.py, the output starts with the prompt itself
         sys.stdout.write(prompt)
-    n, secs = stream_to_stdout(gen, ids, max_new_tokens, sampling, seed, stops)
-    if stats and n:
-        per = secs / max(1, n - 1)
-        click.echo(f"load {load_s * 1000:.0f} ms | prefill {len(ids):,} chars in {gen.prefill_seconds * 1000:.1f} ms "
-                   f"| {n} tokens, {per * 1000:.3f} ms/token after the first, {1 / per if per else 0:,.0f} tokens/s",
-                   err=True)
+    stream_to_stdout(gen, text, max_new_tokens, sampling, seed, stops)
+    st = gen.stats
+    if stats and st.tokens:
+        per = st.ms_per_token
+        click.echo(f"load {load_s * 1000:.0f} ms | prefill {st.prompt_ids:,} chars in {st.prefill_s * 1000:.1f} ms "
+                   f"| {st.tokens} tokens, {per:.3f} ms/token after the first, {1000 / per if per else 0:,.0f} "
+                   "tokens/s", err=True)
 
 
 def print_samples(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,
@@ -109,7 +97,8 @@ def print_samples(gen: Generator, text: str, max_new: int, sampling: SamplingCon
     """Several samples in lockstep, with a progress line on stderr; Ctrl-C prints what each has so far."""
     samples: list[str] = [""] * num_samples
     try:
-        stream = gen.stream_samples(gen.encode_prompt(text), max_new, sampling, seed, stops, num_samples)
+        stream = gen.stream_samples(gen.encode_prompt(text), max_new_tokens=max_new, sampling=sampling, seed=seed,
+                                    stop=stops, num_samples=num_samples)
         for i, now in enumerate(stream):
             samples = now
             if i % 50 == 0:
@@ -137,13 +126,14 @@ def read_stdin() -> str:
 
 def run_repl(gen: Generator, max_new: int, sampling: SamplingConfig, seed: int | None, stops: list[str],
              chat: bool) -> None:
-    """Each line the user types is fed after everything so far (the stream and its context vector continue)."""
-    state = gen.decoder.new_state(1)
+    """Each line the user types is fed after everything so far: one session, so the stream, its context vector
+    and the sampler (its random draws and repetition-penalty history) continue from line to line."""
+    session = gen.session(sampling, seed)
     click.echo("picogpt interactive: type a prompt, Enter to generate, Ctrl-D to quit.", err=True)
     for line in sys.stdin:
         line = line.rstrip("\n")
         text = chat_prompt(line) if chat else line + "\n"
-        stream_to_stdout(gen, gen.encode_prompt(text), max_new, sampling, seed, stops, state=state)
+        stream_to_stdout(gen, text, max_new, sampling, seed, stops, session=session)
 
 
 if __name__ == "__main__":

@@ -60,8 +60,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
     assert fragment.lower() in errors[0].lower(), errors[0]
 
 
-
-
 def random_gpt(config, scale: float, seed: int = 0):
     """A GPT in eval mode with random, non-trivial weights everywhere (init leaves biases at 0)."""
     import torch
@@ -82,15 +80,20 @@ def random_model():
 
 
 def export_tiny(model, folder: Path, layout: str) -> Path:
-    """`model` exported to fp32 ONNX in `layout`, with its metadata (no verification run)."""
+    """`model` exported to fp32 ONNX in `layout`, with its metadata; the fingerprint is torch's greedy text,
+    so `picogpt-run --verify` on the file checks it against the torch model (no other verification run)."""
+    from picogpt.contract import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, metadata_dict
     from picogpt.export.build import set_metadata
     from picogpt.export.graph import export_layout
-    from picogpt.onnx_io import metadata_dict
+    from picogpt.generation import greedy_text
+    from picogpt.model import TorchDecoder
     from picogpt.tokenizer import CharTokenizer
 
     path = folder / f"tiny-{layout}.onnx"
     export_layout(model, path, layout)
-    set_metadata(path, metadata_dict(model.config, CharTokenizer(), "none", 0, None, None, layout))
+    tok = CharTokenizer()
+    fingerprint = greedy_text(TorchDecoder(model), tok, FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
+    set_metadata(path, metadata_dict(model.config, tok, "none", 0, None, fingerprint, layout))
     return path
 
 
@@ -110,3 +113,26 @@ def exported_portable(random_model, tmp_path_factory: pytest.TempPathFactory) ->
 def exported_any(request: pytest.FixtureRequest) -> Path:
     """Each layout in turn: the parity tests run on both."""
     return request.getfixturevalue("exported" if request.param == "fused" else "exported_portable")
+
+
+def train_tiny(out: Path, corpus: Path, *extra: str) -> Path:
+    """30 steps of the tiny config on `corpus` into OUT (`extra` flags override: click keeps the last)."""
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus), "--out", str(out),
+                   "--max-iters", "30", "--eval-interval", "15", "--batch-size", "4", "--seq-windows", "3",
+                   "--eval-iters", "1", "--lr", "3e-3", "--quiet", "--no-report", *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr
+    return out / "ckpt.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    """One trained tiny run (OUT folder) for the whole session: tests read it, never write into it."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train_tiny(out, corpus_file)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run: Path) -> Path:
+    return tiny_run / "ckpt.pt"
+

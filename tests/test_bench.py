@@ -10,13 +10,6 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
-    from test_export import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("bench"), corpus_file)
-
-
 def test_quick_bench_reports_every_engine(tiny_ckpt: Path, tmp_path: Path) -> None:
     js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     proc = run_cli("picogpt.bench", str(tiny_ckpt), "--quick", "--json", str(js), "--markdown", str(md),
@@ -51,6 +44,7 @@ def test_bench_bad_inputs(tmp_path: Path, exported: Path) -> None:
     assert_one_line_error(run_cli("picogpt.bench"), "checkpoint")
 
 
+@pytest.mark.slow
 def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path) -> None:
     """`picogpt-bench quality` as a user runs it: a short budget, one preset, the full val split scored."""
     js, md, png = tmp_path / "q.json", tmp_path / "q.md", tmp_path / "q.png"
@@ -67,14 +61,16 @@ def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path
 
 
 def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_model, exported: Path,
-                                                                     corpus_file: Path) -> None:
+                                                                     corpus_file: Path, tmp_path: Path) -> None:
     """The runtime scorer (`--onnx`) and the torch scorer stream the same text the same way: same loss."""
-    from picogpt.data import load_token_data
-    from picogpt.evaluate import stream_score
+    from picogpt.data.text import load_token_data
     from picogpt.tokenizer import CharTokenizer
+    from picogpt.train.evaluate import stream_score
 
-    proc = run_cli("picogpt.bench", "quality", "--onnx", str(exported), "--data", str(corpus_file))
+    js = tmp_path / "q.json"
+    proc = run_cli("picogpt.bench", "quality", "--onnx", str(exported), "--data", str(corpus_file), "--json", str(js))
     assert proc.returncode == 0, proc.stderr
-    got = float(proc.stdout.split(": val ")[1].split()[0])
+    (row,) = json.loads(js.read_text())
+    got = row["val_loss"]
     val = load_token_data(str(corpus_file), CharTokenizer(), 1280, "t")[0].val
     assert got == pytest.approx(stream_score(random_model, val, 1280).mean, abs=1e-4)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from picogpt import data as D
+from picogpt.data import text as D
+from picogpt.data import wikipedia as W
 from picogpt.errors import PicoError
 from picogpt.tokenizer import CharTokenizer
 
@@ -108,10 +109,10 @@ def test_wikipedia_local_files_stream(tmp_path: Path, fmt: str) -> None:
     else:
         (tmp_path / "wiki.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         pattern = str(tmp_path / "*.jsonl")
-    wd = D.WikipediaData(TOK, seq_len=200, seed=0, data_files=pattern, val_percent=20, buffer_size=16)
+    wd = W.WikipediaData(TOK, seq_len=200, seed=0, data_files=pattern, val_percent=20, buffer_size=16)
     x, y = wd.batch("train", 6, np.random.default_rng(0))
     assert x.shape == (6, 200) and (x[:, 1:] == y[:, :-1]).all()
-    val_ids = {r["id"] for r in rows if D.is_val_article(r["id"], 20)}
+    val_ids = {r["id"] for r in rows if W.is_val_article(r["id"], 20)}
     assert 0 < len(val_ids) < len(rows)
     # every sequence lies inside a single article: its text appears verbatim in one of them
     val_texts = [r["text"].lower() for r in rows if r["id"] in val_ids]
@@ -125,7 +126,7 @@ def test_wikipedia_local_files_stream(tmp_path: Path, fmt: str) -> None:
 
 def test_wikipedia_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(PicoError, match="matched no files"):
-        D.open_article_stream("x", None, str(tmp_path / "*.parquet"))
+        W.open_article_stream("x", None, str(tmp_path / "*.parquet"))
     write_parquet(tmp_path / "w.parquet", [{"id": "1", "body": "no text column"}])
     with pytest.raises(PicoError, match="columns"):
-        D.open_article_stream("x", None, str(tmp_path / "w.parquet"))
+        W.open_article_stream("x", None, str(tmp_path / "w.parquet"))

@@ -16,8 +16,11 @@ import pytest
 
 from conftest import TINY, assert_one_line_error, make_corpus, run_cli
 from picogpt.checkpoint import load_checkpoint
-from picogpt.data import TokenData, is_val_article
+from picogpt.data.text import TokenData
+from picogpt.data.wikipedia import is_val_article
 from picogpt.tokenizer import CharTokenizer
+
+pytestmark = pytest.mark.slow  # multi-process training: minutes
 
 TINY_RUN = ["--dataset", "text", "--batch-size", "2", "--seq-windows", "3", "--eval-iters", "2", "--quiet",
             "--no-report", *TINY]
@@ -63,7 +66,7 @@ def test_two_processes_resume_a_one_process_run_stay_identical_and_learn(corpus_
 SYNC_SCRIPT = """
 import sys, torch
 from picogpt.config import GPTConfig
-from picogpt.distributed import init_distributed
+from picogpt.train.distributed import init_distributed
 from picogpt.model import GPT
 dist = init_distributed()
 torch.manual_seed(0)
@@ -153,7 +156,7 @@ def test_prepare_wikipedia_writes_memmaps_training_reads(tmp_path: Path) -> None
     write_parquet(tmp_path / "a.parquet", rows[:20])
     write_parquet(tmp_path / "b.parquet", rows[20:])
     out = tmp_path / "prepared"
-    proc = run_cli("picogpt.prepare", "wikipedia", "--data-files", str(tmp_path / "*.parquet"), "--out", str(out),
+    proc = run_cli("picogpt.data.prepare", "wikipedia", "--data-files", str(tmp_path / "*.parquet"), "--out", str(out),
                    "--num-proc", "2", "--val-percent", "20", "--shards", "7")
     assert proc.returncode == 0, proc.stderr
     tok = CharTokenizer()
@@ -166,7 +169,8 @@ def test_prepare_wikipedia_writes_memmaps_training_reads(tmp_path: Path) -> None
                     "--max-iters", "2", "--eval-interval", "2", "--batch-size", "2", "--seq-windows", "2",
                     "--eval-iters", "1", "--quiet", "--no-report", *TINY)
     assert train.returncode == 0, train.stderr
-    bad = run_cli("picogpt.prepare", "wikipedia", "--data-files", str(tmp_path / "none-*.parquet"), "--out", str(out))
+    bad = run_cli("picogpt.data.prepare", "wikipedia", "--data-files", str(tmp_path / "none-*.parquet"),
+                  "--out", str(out))
     assert_one_line_error(bad, "matched no files")
 
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_CONFIG, assert_one_line_error, run_cli
+from conftest import TINY_CONFIG, assert_one_line_error, run_cli, train_tiny
+from picogpt.contract import FINGERPRINT_CHARS
+from picogpt.generation import greedy_text
 from picogpt.model import GPT
-from picogpt.onnx_io import FINGERPRINT_CHARS, OnnxDecoder
+from picogpt.runtime.decoder import OnnxDecoder
 from picogpt.tokenizer import CharTokenizer
 
 CFG = TINY_CONFIG
@@ -89,26 +91,11 @@ def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, e
     assert np.allclose(ostate.hidden_sum, tstate.hidden_sum.numpy(), atol=1e-4)
 
 
-def tiny_checkpoint(tmp: Path, corpus: Path, *extra: str) -> Path:
-    """30 steps of the tiny config on `corpus` (`extra` flags override, click keeps the last)."""
-    out = tmp / "run"
-    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus), "--out", str(out),
-                   "--max-iters", "30", "--eval-interval", "30", "--batch-size", "4", "--seq-windows", "3",
-                   "--eval-iters", "1", "--lr", "3e-3", "--quiet", "--no-report", *TINY, *extra)
-    assert proc.returncode == 0, proc.stderr
-    return out / "ckpt.pt"
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("train"), corpus_file)
-
-
 @pytest.mark.parametrize("layout", ["fused", "portable"])
-def test_cli_export_fp32_verifies_and_is_self_describing(trained_ckpt: Path, corpus_file: Path,
+def test_cli_export_fp32_verifies_and_is_self_describing(tiny_ckpt: Path, corpus_file: Path,
                                                          tmp_path: Path, layout: str) -> None:
     out = tmp_path / "model.onnx"
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file),
+    proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--data", str(corpus_file),
                    "--graph", layout)
     assert proc.returncode == 0, proc.stderr
     assert "max|dlogit|" in proc.stdout and "320/320" in proc.stdout
@@ -120,80 +107,89 @@ def test_cli_export_fp32_verifies_and_is_self_describing(trained_ckpt: Path, cor
     assert CharTokenizer.from_json(meta["tokenizer"]) == CharTokenizer()
     fp = json.loads(meta["fingerprint"])
     assert len(fp["greedy"]) == FINGERPRINT_CHARS
-    assert dec.greedy(fp["prompt"], FINGERPRINT_CHARS) == fp["greedy"]
+    assert greedy_text(dec, dec.tokenizer, fp["prompt"], FINGERPRINT_CHARS) == fp["greedy"]
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp files left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["int8", "int4", "int4-gptq"])
-def test_cli_export_quantized_agrees(trained_ckpt: Path, corpus_file: Path, tmp_path: Path, method: str) -> None:
-    out = tmp_path / f"{method}.onnx"
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", method,
-                   "--data", str(corpus_file))
+def test_cli_export_quantized_agrees(tiny_ckpt: Path, corpus_file: Path, tmp_path: Path, method: str) -> None:
+    out, js = tmp_path / f"{method}.onnx", tmp_path / "export.json"
+    proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--quantize", method,
+                   "--data", str(corpus_file), "--json", str(js))
     assert proc.returncode == 0, proc.stderr
-    row = next(line for line in proc.stdout.splitlines() if line.startswith(method + " "))
-    agree = float(row.split()[3].rstrip("%")) / 100
-    delta = float(row.split()[6])
-    assert agree >= 0.9 and abs(delta) < 0.1, row  # the tiny model; the real one is measured in docs/onnx.md
+    row = verification(js)[method]
+    # the tiny model; the real one is measured in docs/onnx.md
+    assert row["top1_agreement"] >= 0.9 and abs(row["val_loss_delta"]) < 0.1, row
     assert OnnxDecoder(out).metadata["quantization"] == method
     if method == "int4-gptq":  # calibrated on the first 90% of --data: 64 sequences of 3 windows of 16
         assert "GPTQ on 3,072 calibration characters" in proc.stdout
 
 
-def test_cli_export_reads_prepared_bin_like_training(trained_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_cli_export_reads_prepared_bin_like_training(tiny_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
     """--data takes what picogpt-train takes: a prepared train.bin (with val.bin beside it) as well as text."""
-    from picogpt.data import encode_array
+    from picogpt.data.text import encode_array
 
     ids, _ = encode_array(corpus_file.read_text(encoding="utf-8"), CharTokenizer())
     ids[: len(ids) * 9 // 10].tofile(tmp_path / "train.bin")
     ids[len(ids) * 9 // 10 :].tofile(tmp_path / "val.bin")
     out = tmp_path / "m.onnx"
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "int4-gptq", "--data",
-                   str(tmp_path / "train.bin"))
+    js_bin, js_text = tmp_path / "bin.json", tmp_path / "text.json"
+    proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--quantize", "int4-gptq", "--data",
+                   str(tmp_path / "train.bin"), "--json", str(js_bin))
     assert proc.returncode == 0, proc.stderr
     assert "GPTQ on 3,072 calibration characters" in proc.stdout
-    from_text = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--data", str(corpus_file))
+    from_text = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--data", str(corpus_file),
+                        "--json", str(js_text))
     assert from_text.returncode == 0, from_text.stderr
     # the same val split either way, so the same verification windows and the same fp32 val loss
-    assert table_rows(proc.stdout)["none"][5] == table_rows(from_text.stdout)["none"][5] != "n/a"
+    fp32 = verification(js_bin)["none"]["val_loss_onnx"]
+    assert fp32 is not None and fp32 == verification(js_text)["none"]["val_loss_onnx"]
 
 
-def table_rows(stdout: str) -> dict[str, list[str]]:
-    """The verification table printed by picogpt-export: {file name: its columns}."""
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("file ")) + 2
-    rows = {}
-    for line in lines[start:]:
-        if not line or line.startswith(("auto:", "wrote")):
-            break
-        rows[line.split()[0]] = line.split()
-    return rows
+def moved_text(ckpt: Path, tmp: Path) -> Path:
+    """A copy of `ckpt` whose training text is gone: the export finds no text unless given one."""
+    state = torch.load(ckpt, weights_only=True)
+    state["data_config"]["path"] = str(tmp / "moved-away.txt")
+    torch.save(state, tmp / "text-gone.pt")
+    return tmp / "text-gone.pt"
 
 
-def test_cli_export_auto_times_every_candidate(trained_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
+def verification(js: Path) -> dict[str, dict]:
+    """The verification table picogpt-export wrote with --json: {file name: its row}."""
+    return {row["name"]: row for row in json.loads(js.read_text())["verification"]}
+
+
+@pytest.mark.slow
+def test_cli_export_auto_times_every_candidate(tiny_ckpt: Path, corpus_file: Path, tmp_path: Path) -> None:
     from picogpt.export.quantize import METHODS
 
     out = tmp_path / "auto.onnx"
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "auto", "--data",
-                   str(corpus_file))
+    js = tmp_path / "auto.json"
+    proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--quantize", "auto", "--data",
+                   str(corpus_file), "--json", str(js))
     assert proc.returncode == 0, proc.stderr
-    rows = table_rows(proc.stdout)
+    rows = verification(js)
     assert set(rows) == {"none", *METHODS}
-    chosen = proc.stdout.split("auto: chose ")[1].split()[0]
-    within = {n: float(r[7]) for n, r in rows.items() if n != "none" and float(r[6]) <= 0.02}
+    chosen = json.loads(js.read_text())["quantization"]
+    assert f"auto: chose {chosen}" in proc.stdout
+    within = {n: r["ms_per_step"] for n, r in rows.items() if n != "none" and r["val_loss_delta"] <= 0.02}
     assert within[chosen] == min(within.values())  # the fastest file within 0.02 nats of torch
     assert OnnxDecoder(out).metadata["quantization"] == chosen
     # without any text, auto leaves the calibrated method out and says so
     no_text = {"PICOGPT_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = run_cli("picogpt.export", str(trained_ckpt), "-o", str(out), "--quantize", "auto", env=no_text)
+    proc = run_cli("picogpt.export", str(moved_text(tiny_ckpt, tmp_path)), "-o", str(out), "--quantize", "auto",
+                   "--json", str(js), env=no_text)
     assert proc.returncode == 0, proc.stderr
-    assert "auto leaves out int4-gptq" in proc.stderr and "int4-gptq" not in table_rows(proc.stdout)
+    assert "auto leaves out int4-gptq" in proc.stderr and "int4-gptq" not in verification(js)
 
 
-def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
+def test_export_bad_inputs(tiny_ckpt: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
     truncated = tmp_path / "trunc.pt"
-    truncated.write_bytes(trained_ckpt.read_bytes()[:5000])
+    truncated.write_bytes(tiny_ckpt.read_bytes()[:5000])
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"encoder.weight": torch.zeros(3, 3)}, "model_args": {"n_head": 2}}, foreign)
     out = str(tmp_path / "m.onnx")
@@ -201,28 +197,28 @@ def test_export_bad_inputs(trained_ckpt: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("picogpt.export", str(garbage), "-o", out), "corrupt")
     assert_one_line_error(run_cli("picogpt.export", str(truncated), "-o", out), "corrupt")
     assert_one_line_error(run_cli("picogpt.export", str(foreign), "-o", out), "another architecture")
-    assert_one_line_error(run_cli("picogpt.export", str(trained_ckpt), "-o", str(tmp_path / "no" / "m.onnx")),
+    assert_one_line_error(run_cli("picogpt.export", str(tiny_ckpt), "-o", str(tmp_path / "no" / "m.onnx")),
                           "does not exist")
     no_text = {"PICOGPT_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    assert_one_line_error(run_cli("picogpt.export", str(trained_ckpt), "-o", out, "--quantize", "int4-gptq",
-                                  env=no_text), "needs calibration text")
-    bad = run_cli("picogpt.export", str(trained_ckpt), "-o", out, "--quantize", "int3")
+    assert_one_line_error(run_cli("picogpt.export", str(moved_text(tiny_ckpt, tmp_path)), "-o", out, "--quantize",
+                                  "int4-gptq", env=no_text), "needs calibration text")
+    bad = run_cli("picogpt.export", str(tiny_ckpt), "-o", out, "--quantize", "int3")
     assert bad.returncode == 2 and "int3" in bad.stderr and "Traceback" not in bad.stderr
     assert not Path(out).exists()
 
 
 def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> None:
-    from picogpt.export.loading import load_any_checkpoint
+    from picogpt.checkpoint import read_checkpoint
 
     sd = {f"_orig_mod.{k}": v for k, v in random_model.state_dict().items()}
     nano = tmp_path / "ckpt.pt"
     torch.save({"model": sd, "model_args": {"n_head": CFG.n_head, "n_layer": CFG.n_layer}, "iter_num": 7,
                 "best_val_loss": torch.tensor(1.5)}, nano)
-    loaded = load_any_checkpoint(nano)
+    loaded = read_checkpoint(nano)
     assert loaded.source == "nanogpt" and loaded.model.config == CFG and loaded.step == 7
     seed = tmp_path / "log.pkl"
     torch.save({"best_weight": random_model.state_dict(), "losses": [1.0, 2.0]}, seed)
-    loaded = load_any_checkpoint(seed)
+    loaded = read_checkpoint(seed)
     assert loaded.source == "picogpt-seed"
     assert loaded.model.config.context_len == CFG.context_len
     for a, b in zip(loaded.model.state_dict().values(), random_model.state_dict().values()):
@@ -230,8 +226,22 @@ def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> Non
 
 
 def test_dropout_is_training_only(corpus_file: Path, tmp_path: Path) -> None:
-    ckpt = tiny_checkpoint(tmp_path, corpus_file, "--max-iters", "4", "--eval-interval", "4", "--dropout", "0.2")
+    ckpt = train_tiny(tmp_path / "run", corpus_file, "--max-iters", "4", "--eval-interval", "4", "--dropout", "0.2")
     onnx_path = tmp_path / "m.onnx"
     proc = run_cli("picogpt.export", str(ckpt), "-o", str(onnx_path), "--data", str(corpus_file))
     assert proc.returncode == 0, proc.stderr  # fp32 parity holds: the exported model runs without dropout
     assert json.loads(OnnxDecoder(onnx_path).metadata["config"])["dropout"] == 0.0
+
+
+def test_export_verifies_on_the_text_the_checkpoint_was_trained_on(tiny_ckpt: Path, corpus_file: Path,
+                                                                    tmp_path: Path) -> None:
+    """Without --data, the stored --data of the run is the verification text (as picogpt-eval reads it)."""
+    js_stored, js_given = tmp_path / "stored.json", tmp_path / "given.json"
+    empty = {"PICOGPT_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path / "cache")}  # no tinyshakespeare
+    proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(tmp_path / "a.onnx"), "--json", str(js_stored),
+                   env=empty)
+    assert proc.returncode == 0 and "no validation text" not in proc.stderr, proc.stderr
+    given = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(tmp_path / "b.onnx"), "--data", str(corpus_file),
+                    "--json", str(js_given))
+    assert given.returncode == 0, given.stderr
+    assert verification(js_stored)["none"]["val_loss_onnx"] == verification(js_given)["none"]["val_loss_onnx"]

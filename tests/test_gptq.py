@@ -13,7 +13,9 @@ import torch
 from conftest import TINY_CONFIG
 from picogpt.export.gptq import gptq_codes, gptq_model, rtn_codes
 from picogpt.export.quantize import quantize, with_block_codes
-from picogpt.onnx_io import OnnxDecoder
+from picogpt.runtime.decoder import OnnxDecoder
+
+pytestmark = pytest.mark.slow  # multi-process / quantization: minutes
 
 CFG = TINY_CONFIG
 

@@ -30,7 +30,7 @@ def reference_muon_step(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_muon_matches_the_plain_reference(workers: int) -> None:
-    from picogpt.optim import Muon
+    from picogpt.train.optim import Muon
 
     torch.manual_seed(0)
     shapes = [(96, 32), (32, 32), (96, 32), (32, 128), (32, 32), (32, 128)]
@@ -53,7 +53,7 @@ def test_muon_matches_the_plain_reference(workers: int) -> None:
 
 def test_newton_schulz_orthogonalises_in_fp32() -> None:
     """The update's singular values are near 1 (Muon's point), computed without bf16."""
-    from picogpt.optim import orthogonalize
+    from picogpt.train.optim import orthogonalize
 
     torch.manual_seed(0)
     u0, _ = torch.linalg.qr(torch.randn(3, 256, 64))
@@ -65,8 +65,23 @@ def test_newton_schulz_orthogonalises_in_fp32() -> None:
     assert s.min() > 0.5 and s.max() < 1.3  # a 100x spread of scales -> all directions ~1
 
 
+@pytest.mark.parametrize("shape", [(4, 256, 768), (3, 1024, 256), (2, 64, 64)])
+def test_the_gram_newton_schulz_is_the_reference_iteration(shape: tuple[int, int, int]) -> None:
+    """The fast path (on m x m Gram matrices, for wide matrices) against the reference on the same input."""
+    from picogpt.train.optim import _newton_schulz, orthogonalize
+
+    torch.manual_seed(0)
+    g = torch.randn(shape) * torch.logspace(-2, 1, shape[-1])  # columns of very different scales
+    x = g.mT if shape[1] > shape[2] else g
+    x = x / x.norm(dim=(-2, -1), keepdim=True)
+    ref = _newton_schulz(x, 5)
+    got = orthogonalize(g)
+    got = got.mT if shape[1] > shape[2] else got
+    assert torch.allclose(got, ref, atol=2e-4), (got - ref).abs().max()
+
+
 def test_schedules() -> None:
-    from picogpt.optim import lr_factor
+    from picogpt.train.optim import lr_factor
 
     wsd = [lr_factor(s, "wsd", 10, 100, 0.1, 0.3) for s in range(101)]
     assert wsd[0] == pytest.approx(0.1) and wsd[9] == 1.0
@@ -80,7 +95,7 @@ def test_schedules() -> None:
 def test_optimizer_groups_split_hidden_matrices_from_the_rest() -> None:
     from picogpt.config import GPTConfig
     from picogpt.model import GPT
-    from picogpt.optim import Muon, make_optimizer
+    from picogpt.train.optim import Muon, make_optimizer
 
     model = GPT(GPTConfig(context_len=16, n_layer=2, n_head=2, n_embd=32))
     opt = make_optimizer(model, "muon", 1e-3, 0.1, (0.9, 0.99))
@@ -97,7 +112,7 @@ def test_optimizer_groups_split_hidden_matrices_from_the_rest() -> None:
 
 
 def test_presets_and_auto() -> None:
-    from picogpt.presets import AUTO_TABLE, PRESETS, preset_of, resolve_preset
+    from picogpt.train.presets import AUTO_TABLE, PRESETS, preset_of, resolve_preset
 
     assert round(PRESETS["base"].config().num_params() / 1e6, 2) == 6.34  # the seed's model
     assert preset_of(PRESETS["pico"].config()) == "pico"

@@ -18,18 +18,9 @@ from conftest import TINY, assert_one_line_error, run_cli
 FAST = [*TINY, "--batch-size", "4", "--seq-windows", "2", "--eval-iters", "2", "--quiet", "--no-report"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
-    out = tmp_path_factory.mktemp("rel") / "run"
-    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
-                   "--max-iters", "6", "--eval-interval", "3", *FAST)
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
-def test_export_never_writes_onto_its_checkpoint_or_a_foreign_file(trained: Path, corpus_file: Path,
+def test_export_never_writes_onto_its_checkpoint_or_a_foreign_file(tiny_run: Path, corpus_file: Path,
                                                                     tmp_path: Path) -> None:
-    ckpt = trained / "ckpt.pt"
+    ckpt = tiny_run / "ckpt.pt"
     before = ckpt.read_bytes()
     assert_one_line_error(run_cli("picogpt.export", str(ckpt), "-o", str(ckpt)), "is the checkpoint")
     other = tmp_path / "notes.onnx"
@@ -47,12 +38,12 @@ def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["--dataset", "text", "--data", str(corpus), "--out", str(out), *FAST, *extra]
 
 
-def test_training_refuses_to_start_over_an_earlier_run(trained: Path, corpus_file: Path) -> None:
-    before = (trained / "ckpt.pt").read_bytes()
-    log_before = (trained / "log.jsonl").read_text()
-    proc = run_cli("picogpt.train", *train_args(corpus_file, trained, "--max-iters", "3"))
+def test_training_refuses_to_start_over_an_earlier_run(tiny_run: Path, corpus_file: Path) -> None:
+    before = (tiny_run / "ckpt.pt").read_bytes()
+    log_before = (tiny_run / "log.jsonl").read_text()
+    proc = run_cli("picogpt.train", *train_args(corpus_file, tiny_run, "--max-iters", "3"))
     assert_one_line_error(proc, "--resume")
-    assert (trained / "ckpt.pt").read_bytes() == before and (trained / "log.jsonl").read_text() == log_before
+    assert (tiny_run / "ckpt.pt").read_bytes() == before and (tiny_run / "log.jsonl").read_text() == log_before
 
 
 def test_overwrite_starts_over(corpus_file: Path, tmp_path: Path) -> None:
@@ -113,7 +104,7 @@ def test_kill_9_leftovers_are_cleaned_and_the_log_repaired_on_resume(corpus_file
     assert steps == sorted(set(steps)) and steps[-1] == step + 3 and step + 1000 not in steps
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(trained: Path, corpus_file: Path,
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_run: Path, corpus_file: Path,
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "nan"
     proc = run_cli("picogpt.train", *train_args(corpus_file, out, "--max-iters", "50", "--eval-interval", "1",
@@ -165,7 +156,7 @@ def test_a_prompt_that_is_not_utf8_is_one_line() -> None:
 def damaged(exported: Path, tmp: Path, **changes: str | None) -> Path:
     """A copy of an exported file with some picogpt.* metadata replaced (None deletes the key)."""
     from picogpt.export.build import set_metadata
-    from picogpt.onnx_io import OnnxDecoder
+    from picogpt.runtime.decoder import OnnxDecoder
 
     meta = {f"picogpt.{k}": v for k, v in OnnxDecoder(exported).metadata.items()}
     for key, value in changes.items():
@@ -180,7 +171,7 @@ def damaged(exported: Path, tmp: Path, **changes: str | None) -> Path:
 
 
 def test_damaged_metadata_is_refused_at_load(exported: Path, tmp_path: Path) -> None:
-    from picogpt.onnx_io import OnnxDecoder
+    from picogpt.runtime.decoder import OnnxDecoder
 
     cfg = json.loads(OnnxDecoder(exported).metadata["config"])
     cases = {
@@ -198,25 +189,43 @@ def test_damaged_metadata_is_refused_at_load(exported: Path, tmp_path: Path) -> 
 
 
 def test_a_stop_string_is_one_string(exported: Path) -> None:
-    from picogpt.runtime import Generator
+    from picogpt.runtime import Generator, SamplingConfig
 
     g = Generator(exported)
-    free = g.generate("A", max_new_tokens=200, temperature=1.0, seed=3)
+    free = g.generate("A", max_new_tokens=200, sampling=SamplingConfig(temperature=1.0), seed=3)
     stop = free[5:7]  # two characters the unconstrained text contains
-    cut = g.generate("A", max_new_tokens=200, temperature=1.0, seed=3, stop=stop)
+    cut = g.generate("A", max_new_tokens=200, sampling=SamplingConfig(temperature=1.0), seed=3, stop=stop)
     assert cut == free[: free.index(stop)]
 
 
-def test_eval_of_a_text_run_names_the_flag_it_has(trained: Path) -> None:
-    proc = run_cli("picogpt.evaluate", str(trained / "ckpt.pt"))
+def test_eval_reads_the_stored_data_and_names_the_flag_when_it_moved(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    assert run_cli("picogpt.train.evaluate", str(tiny_run / "ckpt.pt")).returncode == 0  # the stored --data
+    state = torch.load(tiny_run / "ckpt.pt", weights_only=False)
+    state["data_config"]["path"] = str(tmp_path / "moved.txt")
+    torch.save(state, tmp_path / "ckpt.pt")
+    proc = run_cli("picogpt.train.evaluate", str(tmp_path / "ckpt.pt"))
     assert_one_line_error(proc, "--data PATH")
-    assert "--dataset" not in proc.stderr
+    assert "moved.txt" in proc.stderr and "--dataset" not in proc.stderr
+
+
+def test_resume_keeps_the_stored_data_and_says_so(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_cli("picogpt.train", *train_args(corpus_file, out, "--max-iters", "2", "--eval-interval", "2")
+                   ).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text(corpus_file.read_text()[::-1])
+    proc = run_cli("picogpt.train", *train_args(other, out, "--max-iters", "3", "--eval-interval", "2", "--resume"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--data {other} is ignored on --resume; the checkpoint's {corpus_file} is kept" in proc.stderr
+    assert proc.stderr.count("is ignored on --resume") == 1
 
 
 @pytest.mark.parametrize("flag", ["--json", "--markdown", "--plot"])
-def test_bench_output_paths_are_checked_before_the_work(flag: str, trained: Path, tmp_path: Path) -> None:
+def test_bench_output_paths_are_checked_before_the_work(flag: str, tiny_run: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "folder" / "out.file"
-    for args in ([str(trained / "ckpt.pt"), "--quick"], ["quality", "--minutes", "5"]):
+    for args in ([str(tiny_run / "ckpt.pt"), "--quick"], ["quality", "--minutes", "5"]):
         t0 = time.perf_counter()
         proc = run_cli("picogpt.bench", *args, flag, str(missing))
         assert_one_line_error(proc, flag)
@@ -242,7 +251,7 @@ def test_a_damaged_wikipedia_file_is_refused_before_training(fmt: str, tmp_path:
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
 
-def test_a_killed_exports_work_folder_is_removed_by_the_next_export(trained: Path, corpus_file: Path,
+def test_a_killed_exports_work_folder_is_removed_by_the_next_export(tiny_run: Path, corpus_file: Path,
                                                                      tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -251,7 +260,27 @@ def test_a_killed_exports_work_folder_is_removed_by_the_next_export(trained: Pat
     (stale / "fp32.onnx").write_bytes(b"\0" * 100)
     live = tmp_path / f".picogpt-export-{os.getpid()}-xyz"  # a running export's folder is left alone
     live.mkdir()
-    proc = run_cli("picogpt.export", str(trained / "ckpt.pt"), "-o", str(tmp_path / "m.onnx"), "--no-verify")
+    proc = run_cli("picogpt.export", str(tiny_run / "ckpt.pt"), "-o", str(tmp_path / "m.onnx"), "--no-verify")
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists() and live.exists()
     assert [p.name for p in tmp_path.glob(".picogpt-export-*")] == [live.name]
+
+
+def test_a_config_the_fused_graph_cannot_run_is_refused_with_the_way_out(tmp_path: Path, corpus_file: Path) -> None:
+    from picogpt.checkpoint import save_checkpoint
+    from picogpt.config import GPTConfig
+    from picogpt.model import GPT
+    from picogpt.tokenizer import CharTokenizer
+
+    config = GPTConfig(context_len=16, n_layer=1, n_head=2, n_embd=20)  # head size 10: GQA wants multiples of 8
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, {"config": config.to_dict(), "tokenizer": CharTokenizer().to_json(),
+                           "model": GPT(config).state_dict()})
+    proc = run_cli("picogpt.export", str(ckpt), "-o", str(tmp_path / "m.onnx"))
+    assert_one_line_error(proc, "--graph portable")
+    assert "head size" in proc.stderr and not (tmp_path / "m.onnx").exists()
+    proc = run_cli("picogpt.export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--graph", "portable",
+                   "--data", str(corpus_file))
+    assert proc.returncode == 0, proc.stderr
+    run = run_cli("picogpt.runtime", "-m", str(tmp_path / "m.onnx"), "--verify")
+    assert run.returncode == 0 and "fingerprint OK" in run.stdout, run.stderr

@@ -20,8 +20,10 @@ SETTINGS = [dict(temperature=0.0), dict(temperature=1.0, top_k=20), dict(tempera
                                                                           repetition_penalty=1.2)]
 
 
-def test_runtime_imports_no_torch() -> None:
-    code = ("import sys, picogpt.runtime, picogpt.runtime.cli\n"
+def test_core_data_and_runtime_import_no_torch() -> None:
+    core = ["config", "tokenizer", "sampling", "windows", "contract", "generation", "errors", "system"]
+    modules = [f"picogpt.{m}" for m in core] + ["picogpt.data", "picogpt.runtime", "picogpt.runtime.cli"]
+    code = (f"import sys, {', '.join(modules)}\n"
             "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -33,7 +35,7 @@ def test_same_text_as_torch_generate(random_model, exported: Path, seed: int, se
     prompt = "to be, or not"
     n = 3 * TINY_CONFIG.context_len + 7  # crosses several windows
     ref = random_model.generate(TOK.encode(prompt), n, SamplingConfig(**setting), seed=seed)[0]
-    got = Generator(exported).generate(prompt, n, seed=seed, **setting)
+    got = Generator(exported).generate(prompt, n, sampling=SamplingConfig(**setting), seed=seed)
     assert got == TOK.decode(ref)
 
 
@@ -41,19 +43,21 @@ def test_stream_equals_generate_and_goes_far(exported: Path) -> None:
     g = Generator(exported)
     pieces = list(g.stream("abc", max_new_tokens=400, seed=3))
     assert "".join(pieces) == g.generate("abc", max_new_tokens=400, seed=3)
-    assert len("".join(pieces)) >= 400 - 0  # reserved ids decode to "", so allow equality only
-    state = g.decoder.new_state(1)
-    list(g.stream_ids(TOK.encode("abc"), 2000, SamplingConfig(temperature=1.0), seed=1, state=state))
-    assert state.pos <= TINY_CONFIG.n_positions  # 2,000 tokens later the cache is still one window
+    ids = [int(t[0]) for t in g.stream_ids(TOK.encode("abc"), 400, seed=3)]
+    assert len(ids) == 400 and "".join(pieces) == TOK.decode(ids)  # padding ids decode to ""
+    session = g.session(SamplingConfig(temperature=1.0), seed=1)
+    assert len(list(g.stream_ids(TOK.encode("abc"), 2000, session=session))) == 2000
+    assert session.state.pos <= TINY_CONFIG.n_positions  # 2,000 tokens later the cache is still one window
 
 
 def test_batch_of_samples_and_stop_strings(exported: Path) -> None:
     g = Generator(exported)
     samples = g.generate("abc", max_new_tokens=50, seed=4, num_samples=3)
     assert len(samples) == 3 and len(set(samples)) > 1
-    full = g.generate("abc", max_new_tokens=80, temperature=0)
+    greedy = SamplingConfig(temperature=0)
+    full = g.generate("abc", max_new_tokens=80, sampling=greedy)
     stop = full[20:23]
-    cut = g.generate("abc", max_new_tokens=80, temperature=0, stop=[stop])
+    cut = g.generate("abc", max_new_tokens=80, sampling=greedy, stop=[stop])
     assert cut == full[: full.index(stop)]
 
 
@@ -62,7 +66,7 @@ def test_cli_streams_with_prompt_stdin_and_stats(exported: Path) -> None:
                    "--seed", "1", "--stats")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Hello") and len(proc.stdout) > 40
-    assert "ms/token" in proc.stderr and "tokens/s" in proc.stderr
+    assert "ms/token" in proc.stderr and "tokens/s" in proc.stderr and "prefill 5 chars in" in proc.stderr
     piped = subprocess.run([sys.executable, "-m", "picogpt.runtime", "-m", str(exported), "--max-new-tokens", "40",
                             "--seed", "1"], input="Hello", capture_output=True, text=True)
     assert piped.stdout == proc.stdout
@@ -70,7 +74,7 @@ def test_cli_streams_with_prompt_stdin_and_stats(exported: Path) -> None:
 
 def test_cli_verify_chat_interactive_and_unknown_chars(exported: Path) -> None:
     ok = run_cli("picogpt.runtime", "-m", str(exported), "--verify")
-    assert ok.returncode == 0 and "fingerprint OK" in ok.stdout or "fingerprint" in ok.stderr
+    assert ok.returncode == 0 and "fingerprint OK" in ok.stdout, ok.stderr
     chat = run_cli("picogpt.runtime", "-m", str(exported), "--chat", "--prompt", "who are you?",
                    "--max-new-tokens", "30", "--seed", "0")
     assert chat.returncode == 0 and "</A>" not in chat.stdout
@@ -79,12 +83,19 @@ def test_cli_verify_chat_interactive_and_unknown_chars(exported: Path) -> None:
     repl = subprocess.run([sys.executable, "-m", "picogpt.runtime", "-m", str(exported), "--interactive",
                            "--max-new-tokens", "10", "--seed", "0"], input="one\ntwo\n", capture_output=True,
                           text=True, timeout=60)
-    assert repl.returncode == 0 and len(repl.stdout.splitlines()) >= 2
+    assert repl.returncode == 0, repl.stderr
+    # one session: the second line continues the stream, the context vector and the sampler's draws
+    g, sampling = Generator(exported), SamplingConfig()
+    session = g.session(sampling, seed=0)
+    first, second = ("".join(g.stream(line, 10, sampling, session=session)) for line in ("one\n", "two\n"))
+    assert repl.stdout == f"{first}\n{second}\n"
+    assert second != "".join(g.stream("two\n", 10, sampling, seed=0, session=g.session(sampling, seed=0)))
 
 
 def test_empty_prompt_starts_a_line(exported: Path) -> None:
     g = Generator(exported)
-    assert g.generate("", max_new_tokens=30, temperature=0) == g.generate("\n", max_new_tokens=30, temperature=0)
+    greedy = SamplingConfig(temperature=0)
+    assert g.generate("", max_new_tokens=30, sampling=greedy) == g.generate("\n", max_new_tokens=30, sampling=greedy)
     proc = run_cli("picogpt.runtime", "-m", str(exported), "--prompt", "", "--max-new-tokens", "10")
     assert proc.returncode == 0
 
@@ -153,12 +164,12 @@ def test_bundled_model_runs_without_arguments() -> None:
 
 def test_generation_state_is_constant_size(exported: Path) -> None:
     g = Generator(exported)
-    state = g.decoder.new_state(1)
+    session = g.session(SamplingConfig(temperature=1.0), seed=0)
     sizes = []
-    for _ in g.stream_ids(TOK.encode("a"), 300, SamplingConfig(temperature=1.0), seed=0, state=state):
-        sizes.append(tuple((b.ctypes.data, b.shape) for b in state.cache.buffers))
-    assert len(set(sizes)) == 1  # the same fixed buffers, written in place: no growth, no re-allocation
-    assert state.pos <= TINY_CONFIG.n_positions
+    for _ in g.stream_ids(TOK.encode("a"), 300, session=session):
+        sizes.append(tuple((b.ctypes.data, b.shape) for b in session.state.cache.buffers))
+    assert len(sizes) == 300 and len(set(sizes)) == 1  # the same fixed buffers, written in place: no growth
+    assert session.state.pos <= TINY_CONFIG.n_positions
 
 
 def test_version_1_files_still_run(exported_portable: Path, tmp_path: Path) -> None:

@@ -123,10 +123,10 @@ def test_eval_cli_reports_windows(corpus_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["--dataset", "text", "--data", str(corpus_file), "--out", str(out), "--max-iters", "2", *FAST]
     assert run_cli("picogpt.train", *args).returncode == 0
-    proc = run_cli("picogpt.evaluate", str(out / "ckpt.pt"), "--data", str(corpus_file), "--batches", "1")
+    proc = run_cli("picogpt.train.evaluate", str(out / "ckpt.pt"), "--data", str(corpus_file), "--batches", "1")
     assert proc.returncode == 0, proc.stderr
     assert "carried" in proc.stdout and "mean" in proc.stdout
-    assert_one_line_error(run_cli("picogpt.evaluate", str(tmp_path / "missing.pt")), "not found")
+    assert_one_line_error(run_cli("picogpt.train.evaluate", str(tmp_path / "missing.pt")), "not found")
 
 
 @pytest.mark.skipif(not os.environ.get("PICOGPT_DATA"), reason="needs PICOGPT_DATA with tinyshakespeare.txt")
@@ -135,3 +135,20 @@ def test_tinyshakespeare_default_dataset(tmp_path: Path) -> None:
     proc = run_cli("picogpt.train", "--out", str(out), "--max-iters", "2", "--eval-interval", "2", *FAST)
     assert proc.returncode == 0, proc.stderr
     assert [r["step"] for r in log_records(out)] == [0, 2]
+
+
+def test_a_checkpoint_from_before_data_settings_were_stored_resumes(tiny_run: Path, corpus_file: Path,
+                                                                     tmp_path: Path) -> None:
+    """Earlier checkpoints kept only `dataset` in their recipe: --resume takes the data flags of the command."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(tiny_run, out)
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    del state["data_config"]
+    state["train_config"]["dataset"] = "text"
+    torch.save(state, out / "ckpt.pt")
+    proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out), "--resume",
+                   "--max-iters", "32", "--quiet", "--no-report")
+    assert proc.returncode == 0 and "ignored" not in proc.stderr, proc.stderr
+    assert torch.load(out / "ckpt.pt", weights_only=True)["data_config"]["path"] == str(corpus_file)

@@ -6,7 +6,7 @@ with the carried vector than with zeros, the trick does nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from picogpt.checkpoint import load_model
-from picogpt.data import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, open_data
+from picogpt.checkpoint import read_checkpoint
+from picogpt.data import DataConfig, open_data
 from picogpt.errors import PicoError, cli_errors
 from picogpt.model import GPT
 from picogpt.system import check_threads
-from picogpt.windows import stream_batches
+from picogpt.windows import STREAM_WINDOWS, stream_batches
 
 
 @torch.inference_mode()
@@ -58,6 +58,9 @@ class StreamScore:
         bounds = [*edges, self.sums.shape[1] + 1]
         out = []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo >= bounds[-1]:
+                break  # a window shorter than the last edge
+            hi = min(hi, bounds[-1])
             s, c = self.sums[:, lo - 1 : hi - 1].sum(), self.counts[:, lo - 1 : hi - 1].sum()
             out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / max(1, c))))
         return out
@@ -85,31 +88,29 @@ def stream_score(model: GPT, ids: np.ndarray, seq_chars: int = 1280, carry: bool
     return StreamScore(sums, counts)
 
 
-STREAM_WINDOWS = 10  # the runtime's protocol is scored in sequences of 10 windows (1,280 characters by default)
 
 
-def report_from_checkpoint(
-    ckpt_path: Path,
-    data_path: str | None = None,
-    data_files: str | None = None,
-    wiki_name: str = WIKI_DEFAULT_NAME,
-    wiki_config: str | None = WIKI_DEFAULT_CONFIG,
-    val_percent: float = 1.0,
-    batches: int = 4,
-) -> tuple[np.ndarray, np.ndarray]:
+def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str | None = None,
+                          batches: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Print (and return) the carried-vs-zeroed table for a checkpoint on its own val data.
 
-    A text split is scored whole, streamed in sequences of 10 windows as the runtime reads text;
-    Wikipedia's held-out articles are sampled (`batches` batches of the training shape).
+    The data is the one stored in the checkpoint; `path` / `files` replace its --data / --data-files (a file
+    moved since training). A text split is scored whole, streamed in sequences of 10 windows as the runtime
+    reads text; Wikipedia's held-out articles are sampled (`batches` batches of the training shape).
     """
-    model, tokenizer, ckpt = load_model(ckpt_path)
-    tc = ckpt.get("train_config", {})
-    windows = STREAM_WINDOWS if tc.get("dataset") != "wikipedia" else tc.get("seq_windows", 10)
+    loaded = read_checkpoint(ckpt_path)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    tc = loaded.state.get("train_config", {})
+    data_config = DataConfig.from_checkpoint(loaded.state) or DataConfig()
+    data_config = replace(data_config, path=path or data_config.path, files=files or data_config.files)
+    windows = STREAM_WINDOWS if data_config.dataset != "wikipedia" else tc.get("seq_windows", STREAM_WINDOWS)
     seed = tc.get("seed", 1337) + 7
-    if tc.get("dataset") == "text" and data_path is None:
+    if data_config.dataset == "text" and data_config.path is None:
         raise PicoError(f"{ckpt_path} was trained on a text file: pass that file with --data PATH")
-    data = open_data(tc.get("dataset", "tinyshakespeare"), tokenizer, windows * model.config.context_len, seed,
-                     data_path, data_files, wiki_name, wiki_config, val_percent, warn=lambda m: None)
+    if data_config.path is not None and not Path(data_config.path).exists():
+        raise PicoError(f"{ckpt_path} was trained on {data_config.path}, which is not there now: "
+                        "pass its new place with --data PATH")
+    data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None)
     streamed = isinstance(getattr(data, "val", None), np.ndarray)
     if streamed:
         seq = windows * model.config.context_len
@@ -136,18 +137,19 @@ def report_from_checkpoint(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--data", "data_path", default=None,
-              help="Text file the checkpoint was trained on (default: tinyshakespeare).")
-@click.option("--data-files", default=None, help="Wikipedia-schema parquet/JSONL glob (for --dataset wikipedia runs).")
+@click.option("--data", "path", default=None,
+              help="The text file the checkpoint was trained on, if it moved (default: the one it names).")
+@click.option("--data-files", "files", default=None,
+              help="The Wikipedia-schema parquet/JSONL glob, if it moved (default: the one it names).")
 @click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @cli_errors
-def main(checkpoint: Path, data_path: str | None, data_files: str | None, batches: int, threads: int | None) -> None:
+def main(checkpoint: Path, path: str | None, files: str | None, batches: int, threads: int | None) -> None:
     """Report val loss per window index with the carried context vector and with it zeroed."""
     check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
-    report_from_checkpoint(checkpoint, data_path, data_files, batches=batches)
+    report_from_checkpoint(checkpoint, path, files, batches=batches)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,33 @@ def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
     if tall:  # iterate on the wide side: X X^T is then the smaller Gram matrix
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    # A wide matrix (n >= 2m: the QKV and MLP matrices, 3m and 4m) iterates on its m x m Gram matrix only.
+    out = _newton_schulz_gram(x, steps) if x.size(-1) >= 2 * x.size(-2) else _newton_schulz(x, steps)
+    return out.mT if tall else out
+
+
+def _newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The reference iteration on X [k, m, n]: 2 m^2 n + m^3 multiply-adds a step."""
     a, b, c = NS_COEFFS
     for _ in range(steps):
         gram = x @ x.mT
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*G + c*G@G
         x = torch.baddbmm(x, poly, x, beta=a)  # a*X + poly@X
-    return x.mT if tall else x
+    return x
+
+
+def _newton_schulz_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The same iteration written on m x m matrices: X_k = Q_k X_0, so X_k X_k^T = Q_k G Q_k^T with
+    G = X_0 X_0^T and Q_{k+1} = a Q_k + p(Q_k G Q_k^T) Q_k. 4 m^3 a step (the first, with Q = I, m^3) plus
+    2 m^2 n once: for the 256 x 1024 MLP matrices about a third of the reference's work."""
+    a, b, c = NS_COEFFS
+    g0 = x @ x.mT
+    q = None
+    for _ in range(steps):
+        gram = g0 if q is None else q @ g0 @ q.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
+        q = poly + a * torch.eye(g0.size(-1), dtype=g0.dtype) if q is None else torch.baddbmm(q, poly, q, beta=a)
+    return q @ x
 
 
 class Muon(torch.optim.Optimizer):

@@ -11,19 +11,16 @@ streaming path, and separated by a blank line.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from picogpt.data import (
-    WIKI_DEFAULT_CONFIG,
-    WIKI_DEFAULT_NAME,
-    encode_array,
-    is_val_article,
-    open_article_stream,
-)
+from picogpt.data.text import encode_array
+from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, is_val_article, open_article_stream
 from picogpt.errors import PicoError, cli_errors
 from picogpt.tokenizer import CharTokenizer
 
@@ -36,20 +33,24 @@ def write_memmap(ds: Any, path: Path, shards: int) -> int:
 
     total = int(np.sum(ds["len"], dtype=np.int64)) if len(ds) else 0
     tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(total, 1),))
-    at = 0
-    shards = max(1, min(shards, len(ds)))
-    for i in tqdm(range(shards), desc=f"writing {path.name}", unit="shard"):
-        part = ds.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
-        if len(part):
-            ids = np.concatenate(list(part["ids"])).astype(np.uint8)
-            arr[at : at + len(ids)] = ids
-            at += len(ids)
-    arr.flush()
-    del arr
-    if total == 0:
-        os.truncate(tmp, 0)
-    os.replace(tmp, path)
+    try:
+        arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(total, 1),))
+        at = 0
+        shards = max(1, min(shards, len(ds)))
+        for i in tqdm(range(shards), desc=f"writing {path.name}", unit="shard"):
+            part = ds.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
+            if len(part):
+                ids = np.concatenate(list(part["ids"])).astype(np.uint8)
+                arr[at : at + len(ids)] = ids
+                at += len(ids)
+        arr.flush()
+        del arr
+        if total == 0:
+            os.truncate(tmp, 0)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C, SIGTERM (see main), a full disk: no half-written memmap is left
+        tmp.unlink(missing_ok=True)
+        raise
     return total
 
 
@@ -96,6 +97,10 @@ def wikipedia(out: Path, data_files: str | None, wiki_name: str, wiki_config: st
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PicoError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
+    for stale in (out / "train.bin.tmp", out / "val.bin.tmp"):  # left by a kill -9
+        stale.unlink(missing_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so the memmap being written is removed (exit 143)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sizes = prepare_wikipedia(out, data_files, wiki_name, wiki_config, val_percent, num_proc, shards)
     if sizes["train"] == 0 or sizes["val"] == 0:
         raise PicoError(f"{sizes['train']:,} train / {sizes['val']:,} val characters: raise --val-percent or "

@@ -1,0 +1,1 @@
+"""Training (torch): the loop, its step runner and optimizers, distributed runs, evaluation, plots."""

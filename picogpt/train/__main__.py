@@ -1,0 +1,3 @@
+from picogpt.train.cli import main
+
+main()

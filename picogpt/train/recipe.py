@@ -1,0 +1,151 @@
+"""What decides a run's trajectory: the `TrainConfig`, its learning-rate schedule fitted to a time budget,
+the checks on its flags, and the rule for `--resume` (the checkpoint's recipe and data are kept)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from picogpt.config import GPTConfig
+from picogpt.data import DataConfig
+from picogpt.errors import PicoError
+from picogpt.system import check_threads
+from picogpt.train.distributed import Dist
+from picogpt.train.optim import OPTIMIZERS, lr_factor
+from picogpt.train.presets import DEFAULT_PRESET, PRESETS, preset_of
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trajectory of a run (stored in the checkpoint)."""
+
+    model: str = DEFAULT_PRESET
+    optimizer: str = "muon"
+    # Sequences of 2 windows, batch from the preset: with Muon, 2 minutes of pico reached 1.560 on the full
+    # val split at 8 x 2 windows, 1.586 at 4 x 2 and 1.633 at 2 x 4 (README). Two windows per sequence keep
+    # the carried context vector trained: with one, the model would never see a non-zero slot.
+    batch_size: int = PRESETS[DEFAULT_PRESET].batch_size
+    seq_windows: int = 2
+    lr: float = PRESETS[DEFAULT_PRESET].lr
+    schedule: str = "wsd"
+    cooldown_frac: float = 0.3
+    min_lr_ratio: float = 0.1  # cosine only: wsd cools down to zero
+    warmup_iters: int = 20
+    max_iters: int = 5000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_iters: int = 8
+    seed: int = 1337
+
+
+def lr_at(step: int, tc: TrainConfig, horizon: int) -> float:
+    """The learning rate at `step` of a run of `horizon` steps (see picogpt.train.optim.lr_factor)."""
+    return tc.lr * lr_factor(step, tc.schedule, tc.warmup_iters, horizon, tc.min_lr_ratio, tc.cooldown_frac)
+
+
+def check_recipe(tc: TrainConfig, threads: int | None, max_minutes: float | None) -> None:
+    """One line for each flag out of range, before anything is loaded or written."""
+    if tc.batch_size < 1:
+        raise PicoError(f"--batch-size must be >= 1, got {tc.batch_size}")
+    if tc.seq_windows < 1:
+        raise PicoError(f"--seq-windows must be >= 1, got {tc.seq_windows}")
+    check_threads(threads)
+    if tc.seed < 0:
+        raise PicoError(f"--seed must be >= 0, got {tc.seed}")
+    if tc.max_iters < 1 or tc.eval_interval < 1 or tc.eval_iters < 1:
+        raise PicoError("--max-iters, --eval-interval and --eval-iters must be >= 1")
+    if max_minutes is not None and max_minutes <= 0:
+        raise PicoError(f"--max-minutes must be > 0, got {max_minutes}")
+    if not (tc.lr > 0 and math.isfinite(tc.lr)):
+        raise PicoError(f"--lr must be a positive number, got {tc.lr}")
+    if tc.optimizer not in OPTIMIZERS:
+        raise PicoError(f"unknown --optimizer {tc.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if not 0.0 <= tc.cooldown_frac <= 1.0:
+        raise PicoError(f"--cooldown-frac must be in [0, 1], got {tc.cooldown_frac}")
+
+
+RESUME_HELP = """Continue from OUT/ckpt.pt exactly where it stopped. The checkpoint's model, optimizer, recipe
+(batch size, windows, lr, schedule, seed, ...) and data (--dataset, --data, --data-files, ...) are kept: a
+different --model or --optimizer is refused, other recipe and data flags that differ are ignored with a warning;
+a new --max-iters sets a new end for the schedule."""
+
+# Checkpoints written before presets and Muon trained with AdamW and a cosine schedule.
+LEGACY_TRAIN = {"optimizer": "adamw", "schedule": "cosine", "cooldown_frac": 0.0}
+
+
+@dataclass
+class Resumed:
+    """What a resumed run continues with; `new_end` is a new last step for the schedule, or None."""
+
+    tc: TrainConfig
+    config: GPTConfig
+    data: DataConfig
+    new_end: int | None
+
+
+def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | None, data: DataConfig,
+                   ckpt_path: Path, max_iters_set: bool, explicit: frozenset[str],
+                   warn: Callable[[str], None]) -> Resumed:
+    """The stored run's recipe, model and data; refuse a different model or optimizer, warn of ignored flags.
+
+    `explicit` names the TrainConfig and DataConfig fields the user set on the command line.
+    """
+    if "optimizer" not in state or "train_config" not in state:
+        raise PicoError(f"{ckpt_path} has no optimizer state to resume from")
+    stored_config = GPTConfig.from_dict(state["config"])
+    stored = {**LEGACY_TRAIN, "model": preset_of(stored_config), **state["train_config"]}
+    for key in ("model", "optimizer"):
+        if key in explicit and getattr(tc, key) != stored[key]:
+            raise PicoError(f"{ckpt_path} was trained with --{key} {stored[key]}, not {getattr(tc, key)}: "
+                            f"resume without --{key}, or train a new run in another --out")
+    if config is not None and config != stored_config:
+        raise PicoError(f"{ckpt_path} was trained with another model config: {state['config']}")
+    for key in sorted((explicit & set(TrainConfig.__dataclass_fields__)) - {"max_iters", "model", "optimizer"}):
+        if key in stored and getattr(tc, key) != stored[key]:
+            warn(f"warning: --{key.replace('_', '-')} {getattr(tc, key)} is ignored on --resume; "
+                 f"the checkpoint's {stored[key]} is kept")
+    stored_data = DataConfig.from_checkpoint(state)
+    if "data_config" not in state:  # older checkpoints stored the dataset at most: the rest comes from this command
+        stored_data = replace(data, dataset=stored_data.dataset if stored_data else data.dataset)
+    for key, flag in DataConfig.FLAGS.items():
+        if key in explicit and getattr(data, key) != getattr(stored_data, key):
+            warn(f"warning: {flag} {getattr(data, key)} is ignored on --resume; the checkpoint's "
+                 f"{getattr(stored_data, key)} is kept")
+    # A --max-iters that differs from the stored one sets a new end for the schedule (extend or cut
+    # short); otherwise the stored schedule, time-fitted or not, continues exactly.
+    new_end = tc.max_iters if max_iters_set and tc.max_iters != stored["max_iters"] else None
+    fields = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}
+    resumed = TrainConfig(**{**fields, "max_iters": tc.max_iters if max_iters_set else stored["max_iters"]})
+    return Resumed(resumed, stored_config, stored_data, new_end)
+
+
+class HorizonFitter:
+    """With a time budget, fit the schedule's last step to the minutes, so the cooldown ends when time does.
+
+    A first fit after 3 steps of this process, then a refit at every eval until the cooldown starts,
+    from the wall time per step since then (evals included). The horizon is stored in the checkpoint.
+    """
+
+    def __init__(self, tc: TrainConfig, budget_s: float, cap: int | None) -> None:
+        self.tc, self.budget_s, self.cap = tc, budget_s, cap
+        self.seen, self.mark = 0, (0, 0.0)
+
+    def refit(self, step: int, horizon: int, elapsed: float, dist: Dist) -> int:
+        self.seen += 1
+        if self.seen == 1:
+            self.mark = (step, elapsed)  # after the first step: warm-up and the step-0 eval are behind us
+        stable = step < horizon * (1.0 - self.tc.cooldown_frac)
+        if not (self.seen == 4 or (self.seen > 4 and stable and step % self.tc.eval_interval == 0)):
+            return horizon
+        per_step = (elapsed - self.mark[1]) / (step - self.mark[0])
+        if self.seen == 4:  # no eval measured yet: add its share (an eval batch costs ~1/3 of a step)
+            per_step *= 1.0 + self.tc.eval_iters / 3 / self.tc.eval_interval
+        fitted = step + int((self.budget_s - elapsed) / per_step * 0.98)
+        fitted = max(step + 1, min(self.cap, fitted) if self.cap else fitted)
+        return dist.from_main(fitted)  # every rank must stop at the same step
