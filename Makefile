@@ -50,6 +50,7 @@ check-torch-free:
 	@if $(NOTORCH)/bin/python -c "import torch" 2>/dev/null; then echo "torch is importable in the base install"; exit 1; fi
 	cd /tmp && $(NOTORCH)/bin/picogpt-run --verify
 	cd /tmp && $(NOTORCH)/bin/picogpt-run --prompt "ROMEO:" --max-new-tokens 200 --seed 0 --stats
+	rm -rf /tmp/picogpt-web-check && cd /tmp && $(NOTORCH)/bin/picogpt-web -o /tmp/picogpt-web-check && rm -rf /tmp/picogpt-web-check
 	@echo "torch-free runtime: OK"
 
 pretrained: install

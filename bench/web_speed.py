@@ -1,0 +1,72 @@
+"""The `picogpt-web` page's speed in headless Chromium: page load to first token, and greedy decode tokens/s.
+
+    python -m picogpt.bench.web_speed SITE [--runs 3] [--tokens 1000] [--chromium /usr/bin/chromium]
+
+SITE is a folder written by `picogpt-web` (with `--ort-dir`, so nothing comes from the network). Each run
+opens the page fresh, times navigation start -> `picogpt.ready` -> the first generated character, then
+generates `--tokens` greedy characters three times (the first is slower: the JIT is still tiering up).
+Needs the dev extra (playwright) and a system Chromium. Run it under `quiet-run` on a shared box.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import click
+
+FIRST_TOKEN_JS = """async () => {
+  await picogpt.ready;
+  const ready = performance.now();
+  await picogpt.generate('ROMEO:\\n', {temperature: 0, maxNewTokens: 1});
+  return [ready, performance.now()];
+}"""
+DECODE_JS = """async (n) => {
+  const m = await picogpt.ready;
+  const speeds = [];
+  for (let i = 0; i < 3; i++) {
+    await picogpt.generate('ROMEO:\\n', {temperature: 0, maxNewTokens: n});
+    speeds.push(m.stats.tokensPerSecond);
+  }
+  return speeds;
+}"""
+
+
+class Handler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@click.command()
+@click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--runs", type=int, default=3, show_default=True, help="Fresh page loads.")
+@click.option("--tokens", type=int, default=1000, show_default=True, help="Greedy characters per generation.")
+@click.option("--chromium", default="/usr/bin/chromium", show_default=True)
+def main(site: Path, runs: int, tokens: int, chromium: str) -> None:
+    """Print, per page load: ready and first-token times (ms after navigation start) and tokens/s."""
+    from playwright.sync_api import sync_playwright
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            for run in range(runs):
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+                ready, first = page.evaluate(FIRST_TOKEN_JS)
+                speeds = page.evaluate(DECODE_JS, tokens)
+                click.echo(f"run {run}: ready {ready:.0f} ms, first token {first:.0f} ms after navigation start; "
+                           f"greedy {tokens} tokens: {', '.join(f'{s:.0f}' for s in speeds)} tokens/s")
+                page.close()
+            browser.close()
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

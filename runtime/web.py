@@ -1,0 +1,244 @@
+"""`picogpt-web MODEL.onnx -o DIR`: a static folder that generates text in the visitor's browser.
+
+The folder holds index.html, picogpt.js (tokenizer, window protocol, sampler), the model file and
+model.json (the file's `picogpt.*` metadata), run by onnxruntime-web's WASM backend. ORT itself comes
+from a pinned CDN URL checked by subresource integrity, or, with `--ort-dir`, from an installed npm
+package copied into the folder (the page then works offline). Torch-free: onnxruntime + numpy + click.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from picogpt.errors import PicoError, cli_errors
+from picogpt.runtime.generator import Generator
+from picogpt.runtime.webgraph import web_variant
+
+ORT_WEB_VERSION = "1.30.0"  # npm onnxruntime-web, pinned: the integrity hashes below are of its files
+ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM-only build with the emscripten glue bundled in
+ORT_WASM = "ort-wasm-simd-threaded.wasm"
+ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
+# sha384 of the npm package's dist files (tests/test_web.py checks them against node_modules)
+ORT_INTEGRITY = {
+    ORT_MODULE: "sha384-PLWz+nHEVHpjwBsO0YVdvQj6n5814Iv8E3b8FG0Rp/uIAtjFMCKOpP66iPzedrIG",
+    ORT_WASM: "sha384-vjBJ1z7qrhkTyYsNqKeF6c7N+nOJSU94czEo+tvZcu8G75JparGq9kB+kTnEUNVM",
+}
+ORT_MAX_IR_VERSION = 13  # onnxruntime-web 1.30 refuses newer files; the exporter writes 14 (see patch_ir_version)
+PAGE_FILES = ("index.html", "picogpt.js")
+SIDECAR = "model.json"
+
+
+def integrity(data: bytes) -> str:
+    """The subresource-integrity string of `data`."""
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+
+
+def read_model(path: Path) -> tuple[Generator, dict[str, str]]:
+    """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
+    gen = Generator(path, threads=1)
+    meta = gen.decoder.session.get_modelmeta().custom_metadata_map
+    return gen, {k: v for k, v in meta.items() if k.startswith("picogpt.")}
+
+
+def patch_ir_version(data: bytes) -> bytes:
+    """The model bytes with `ir_version` lowered to what onnxruntime-web reads.
+
+    The ONNX IR version only says which protobuf features a file may use; PicoGPT files use none newer
+    than IR 8, so lowering the number is safe. The field is the protobuf's first one (tag 0x08, a one-byte
+    varint), so this is a one-byte edit; anything else is left alone.
+    """
+    if len(data) > 2 and data[0] == 0x08 and ORT_MAX_IR_VERSION < data[1] < 0x80:
+        return data[:1] + bytes([ORT_MAX_IR_VERSION]) + data[2:]
+    return data
+
+
+def find_ort_dist(ort_dir: Path) -> Path:
+    """The `dist` folder of onnxruntime-web under `ort_dir` (a prefix, its node_modules, the package or dist)."""
+    for cand in (ort_dir / "node_modules" / "onnxruntime-web", ort_dir / "onnxruntime-web", ort_dir, ort_dir.parent):
+        package = cand / "package.json"
+        if package.is_file() and (cand / "dist" / ORT_WASM).is_file():
+            try:
+                version = json.loads(package.read_text())["version"]
+            except (ValueError, KeyError):
+                continue
+            if version != ORT_WEB_VERSION:
+                raise PicoError(f"--ort-dir {ort_dir} holds onnxruntime-web {version}; this picogpt needs "
+                                f"{ORT_WEB_VERSION} (npm install onnxruntime-web@{ORT_WEB_VERSION})")
+            return cand / "dist"
+    raise PicoError(f"--ort-dir {ort_dir}: no onnxruntime-web package there "
+                    f"(npm install onnxruntime-web@{ORT_WEB_VERSION} --prefix {ort_dir})")
+
+
+def copy_ort(dist: Path, folder: Path) -> dict[str, str]:
+    """Copy ORT's module and (gzipped: 14 MB -> 3.7 MB) WASM binary into `folder`/ort; their URLs and hashes."""
+    out = folder / "ort"
+    out.mkdir()
+    module = (dist / ORT_MODULE).read_bytes()
+    (out / ORT_MODULE).write_bytes(module)
+    # ".gzip", not ".gz": static hosts serve .gz with Content-Encoding, which would defeat the integrity check
+    wasm = gzip.compress((dist / ORT_WASM).read_bytes(), compresslevel=9, mtime=0)
+    (out / (ORT_WASM + ".gzip")).write_bytes(wasm)
+    licence = dist.parent / "LICENSE"
+    if licence.is_file():
+        shutil.copyfile(licence, out / "LICENSE")
+    return {"module": f"./ort/{ORT_MODULE}", "module_integrity": integrity(module),
+            "wasm": f"./ort/{ORT_WASM}.gzip", "wasm_integrity": integrity(wasm)}
+
+
+def cdn_ort(base: str) -> dict[str, str]:
+    """ORT from `base` (the pinned CDN URL or a mirror of the same dist folder), checked by the browser
+    against the npm package's hashes."""
+    if not base.startswith(("https://", "http://")):
+        raise PicoError(f"--ort-url {base} is not an http(s):// URL")
+    base = base if base.endswith("/") else base + "/"
+    return {"module": base + ORT_MODULE, "module_integrity": ORT_INTEGRITY[ORT_MODULE],
+            "wasm": base + ORT_WASM, "wasm_integrity": ORT_INTEGRITY[ORT_WASM]}
+
+
+def render_index(ort: dict[str, str], title: str) -> str:
+    """index.html with the ORT location, its hashes and the title filled in."""
+    page = resources.files("picogpt.runtime") / "webpage" / "index.html"
+    html = page.read_text(encoding="utf-8")
+    import_map = {"imports": {"onnxruntime-web": ort["module"]},
+                  "integrity": {ort["module"]: ort["module_integrity"]}}
+    return (html.replace("__IMPORT_MAP__", json.dumps(import_map))
+            .replace("__ORT_WASM__", json.dumps({"url": ort["wasm"], "integrity": ort["wasm_integrity"]}))
+            .replace("__TITLE__", title))
+
+
+def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
+    """The model file as the page runs it, and a note on what differs from the original."""
+    data = patch_ir_version(model.read_bytes())
+    if gen.decoder.layout != "fused":
+        return data, "the original graph (ir_version lowered for onnxruntime-web if it was newer)"
+    c = gen.config
+    return web_variant(data, c.n_layer, c.n_head, c.head_size), (
+        "fused graph, web variant: one output new_rows (the cache rows written, sliced by web_row_start/"
+        "web_row_end) replaces present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for ORT-web")
+
+
+def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort: dict[str, str] | None,
+                ort_dist: Path | None) -> None:
+    """Write every file of the page into the (empty) `folder`."""
+    data, note = web_model_bytes(model, gen)
+    (folder / model.name).write_bytes(data)
+    sidecar = {"model": model.name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
+    (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
+    ort = copy_ort(ort_dist, folder) if ort_dist is not None else ort
+    (folder / "index.html").write_text(render_index(ort, f"PicoGPT: {model.stem}"), encoding="utf-8")
+    module = resources.files("picogpt.runtime") / "webpage" / "picogpt.js"
+    (folder / "picogpt.js").write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def check_target(out: Path) -> None:
+    """Refuse, before any work, an -o that cannot become the page folder."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists() and not out.is_dir():
+        raise PicoError(f"-o {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SIDECAR).is_file():
+        raise PicoError(f"-o {out} is a folder that picogpt-web did not write: choose an empty or new folder")
+    if not parent.is_dir():
+        raise PicoError(f"-o {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PicoError(f"-o {out} cannot be written (permission denied in {parent})")
+
+
+def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None = None) -> Path:
+    """Build the folder beside `out` and rename it into place at the end: a failure leaves no half-written page."""
+    if ort_dir is not None and ort_url is not None:
+        raise PicoError("--ort-dir and --ort-url exclude each other: ORT is either copied in or loaded from a URL")
+    ort = None if ort_dir is not None else cdn_ort(ort_url or ORT_CDN)
+    check_target(out)
+    gen, meta = read_model(model)
+    ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.picogpt-web-", dir=parent))
+    except OSError as exc:
+        raise PicoError(f"-o {out} cannot be written ({exc.strerror})") from None
+    old = None
+    try:
+        fill_folder(work, model, gen, meta, ort, ort_dist)
+        os.chmod(work, 0o755)  # mkdtemp makes it 0700: a static host must be able to read it
+        if out.exists():  # a page written earlier: swap it out, then remove it
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        try:
+            work.rename(out)
+        except OSError:
+            if old is not None:  # put the earlier page back rather than leave nothing
+                old.rename(out)
+                old = None
+            raise
+    except OSError as exc:
+        raise PicoError(f"-o {out}: writing the page failed ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def serve(folder: Path, port: int) -> None:
+    """Serve `folder` on 127.0.0.1 until Ctrl-C (WASM needs http://, not file://)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(SimpleHTTPRequestHandler):
+        extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                          ".js": "text/javascript", ".wasm": "application/wasm", ".gzip": "application/octet-stream"}
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+            pass  # quiet: the page's own readout says what happens
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=str(folder)))
+    except OSError as exc:
+        raise PicoError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror})") from None
+    click.echo(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("picogpt-web"),
+              show_default=True, help="The folder to write (replaced if picogpt-web wrote it before).")
+@click.option("--ort-dir", type=click.Path(path_type=Path), default=None,
+              help=f"An installed npm onnxruntime-web@{ORT_WEB_VERSION} (its --prefix, node_modules or package): "
+                   "copy ORT into the folder, so the page works offline. Default: the pinned CDN URL.")
+@click.option("--ort-url", default=None, help=f"Load ORT from this copy of onnxruntime-web@{ORT_WEB_VERSION}'s dist "
+              f"folder instead (a mirror or your own host; the same integrity hashes apply). Default: {ORT_CDN}")
+@click.option("--serve", "do_serve", is_flag=True, help="Then serve the folder on 127.0.0.1 for a local preview.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="For --serve.")
+@cli_errors
+def main(model: Path | None, out: Path, ort_dir: Path | None, ort_url: str | None, do_serve: bool, port: int) -> None:
+    """Write a static web page that runs MODEL (default: the bundled model) in the visitor's browser."""
+    from picogpt.runtime.generator import bundled_model_path
+
+    model = model if model is not None else bundled_model_path()
+    write_page(model, out, ort_dir, ort_url)
+    source = "the folder" if ort_dir else (ort_url or "the pinned CDN")
+    click.echo(f"wrote {out}/ ({folder_size(out) / 1e6:.2f} MB; ORT from {source}, onnxruntime-web {ORT_WEB_VERSION})")
+    if do_serve:
+        serve(out, port)
+
+
+if __name__ == "__main__":
+    main()
