@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from picogpt.contract import META_PREFIX
 from picogpt.errors import PicoError, cli_errors
 from picogpt.runtime.generator import Generator
 from picogpt.runtime.webgraph import web_variant
@@ -28,7 +29,7 @@ ORT_WEB_VERSION = "1.30.0"  # npm onnxruntime-web, pinned: the integrity hashes 
 ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM-only build with the emscripten glue bundled in
 ORT_WASM = "ort-wasm-simd-threaded.wasm"
 ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
-# sha384 of the npm package's dist files (tests/test_web.py checks them against node_modules)
+# sha384 of the npm package's dist files (tests/test_web_cli.py checks them against node_modules)
 ORT_INTEGRITY = {
     ORT_MODULE: "sha384-PLWz+nHEVHpjwBsO0YVdvQj6n5814Iv8E3b8FG0Rp/uIAtjFMCKOpP66iPzedrIG",
     ORT_WASM: "sha384-vjBJ1z7qrhkTyYsNqKeF6c7N+nOJSU94czEo+tvZcu8G75JparGq9kB+kTnEUNVM",
@@ -47,7 +48,7 @@ def read_model(path: Path) -> tuple[Generator, dict[str, str]]:
     """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
     gen = Generator(path, threads=1)
     meta = gen.decoder.session.get_modelmeta().custom_metadata_map
-    return gen, {k: v for k, v in meta.items() if k.startswith("picogpt.")}
+    return gen, {k: v for k, v in meta.items() if k.startswith(META_PREFIX)}
 
 
 def patch_ir_version(data: bytes) -> bytes:

@@ -60,6 +60,33 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
     assert fragment.lower() in errors[0].lower(), errors[0]
 
 
+def meta_of(path: Path) -> dict[str, str]:
+    """The picogpt.* metadata of an .onnx file, read as the runtime reads it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {k: v for k, v in session.get_modelmeta().custom_metadata_map.items() if k.startswith("picogpt.")}
+
+
+def plain_onnx(path: Path) -> Path:
+    """A valid ONNX model that is not a PicoGPT one (no picogpt.* metadata): one Identity node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def require_web(why: str) -> None:
+    """Skip a test that needs chromium / playwright / onnxruntime-web, or fail it under CI_REQUIRE_BROWSER=1."""
+    if os.environ.get("CI_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"browser test cannot run: {why}")
+    pytest.skip(why)
+
+
 def random_gpt(config, scale: float, seed: int = 0):
     """A GPT in eval mode with random, non-trivial weights everywhere (init leaves biases at 0)."""
     import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CONFIG, assert_one_line_error, run_cli
+from conftest import TINY_CONFIG, assert_one_line_error, plain_onnx, run_cli
 from picogpt.runtime import Generator, bundled_model_path
 from picogpt.sampling import SamplingConfig
 from picogpt.tokenizer import CharTokenizer
@@ -104,13 +104,8 @@ def test_cli_bad_inputs(exported: Path, tmp_path: Path) -> None:
     not_onnx = tmp_path / "x.onnx"
     not_onnx.write_text("hello")
     import onnx
-    from onnx import TensorProto, helper
 
-    plain = tmp_path / "plain.onnx"
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph), str(plain))
+    plain = plain_onnx(tmp_path / "plain.onnx")
     future = tmp_path / "future.onnx"
     m = onnx.load(str(exported))
     for p in m.metadata_props:
