@@ -30,17 +30,19 @@ class TrainConfig:
     batch_size: int = PRESETS[DEFAULT_PRESET].batch_size
     seq_windows: int = 2
     lr: float = PRESETS[DEFAULT_PRESET].lr
+    # Warmup, a long stable phase, then a linear cooldown over the last 30% (wsd): it beat cosine per minute.
     schedule: str = "wsd"
     cooldown_frac: float = 0.3
     min_lr_ratio: float = 0.1  # cosine only: wsd cools down to zero
     warmup_iters: int = 20
-    max_iters: int = 5000
+    max_iters: int = 5000  # with --max-minutes, the horizon is fitted to the time instead (HorizonFitter)
+    # nanoGPT's AdamW settings; Muon shares the weight decay (its update is scaled to AdamW's RMS).
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
     eval_interval: int = 50
-    eval_iters: int = 8
+    eval_iters: int = 8  # val batches per eval: the same ones every time, so evals compare
     seed: int = 1337
 
 

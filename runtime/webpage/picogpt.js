@@ -1,4 +1,4 @@
-// PicoGPT in the browser: the .onnx contract of picogpt/onnx_io.py run by onnxruntime-web (WASM).
+// PicoGPT in the browser: the .onnx contract of picogpt/contract.py (and runtime/decoder.py's protocol) run by onnxruntime-web (WASM).
 // One module, no bundler: the tokenizer, the window protocol and the sampler of picogpt/sampling.py.
 //
 //   const model = await PicoGPT.load({ base: './', ort });            // reads model.json, then the .onnx
