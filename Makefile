@@ -12,6 +12,7 @@ RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --i
 
 # The bundled model's recipe (see README): the base preset (the seed's 6.34M model), Muon + AdamW with a
 # warmup-stable-cooldown schedule over PRETRAINED_ITERS steps, dropout 0.1 (training only), exported int8.
+# It was trained before the cooldown on 4-window sequences became the default: --cooldown-windows 0 repeats it.
 PRETRAINED_ITERS   ?= 3600
 PRETRAINED_MINUTES ?= 150
 PRETRAINED_DIR     ?= runs/pretrained
@@ -54,7 +55,7 @@ check-torch-free:
 	@echo "torch-free runtime: OK"
 
 pretrained: install
-	$(BIN)/picogpt-train --out $(PRETRAINED_DIR) --model base --batch-size 8 --dropout 0.1 \
+	$(BIN)/picogpt-train --out $(PRETRAINED_DIR) --model base --batch-size 8 --dropout 0.1 --cooldown-windows 0 \
 		--max-iters $(PRETRAINED_ITERS) --max-minutes $(PRETRAINED_MINUTES) --eval-interval 100 --quiet
 	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8
 

@@ -216,6 +216,9 @@ def test_nanogpt_and_seed_layouts_load(random_model: GPT, tmp_path: Path) -> Non
                 "best_val_loss": torch.tensor(1.5)}, nano)
     loaded = read_checkpoint(nano)
     assert loaded.source == "nanogpt" and loaded.model.config == CFG and loaded.step == 7
+    from picogpt.bench.report import model_costs  # the bench reads checkpoints through the same reader
+
+    assert model_costs("torch-naive", nano)[0] == CFG.num_params(include_positions=True) * 4
     seed = tmp_path / "log.pkl"
     torch.save({"best_weight": random_model.state_dict(), "losses": [1.0, 2.0]}, seed)
     loaded = read_checkpoint(seed)

@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +182,17 @@ def test_every_preset_trains_exports_int8_and_runs(preset: str, corpus_file: Pat
                    "--temperature", "0")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) >= 300
+
+
+def test_the_cooldown_trades_sequences_for_windows_at_the_same_tokens() -> None:
+    from picogpt.data.text import TokenData
+    from picogpt.train.recipe import TrainConfig, step_shape
+
+    tc = TrainConfig(batch_size=16, seq_windows=2, cooldown_windows=4, cooldown_frac=0.3)
+    assert step_shape(tc, 69, 100) == (16, 2) and step_shape(tc, 70, 100) == (8, 4)  # the last 30% of 100 steps
+    assert step_shape(TrainConfig(batch_size=16, seq_windows=2, cooldown_windows=0), 99, 100) == (16, 2)
+    assert step_shape(TrainConfig(batch_size=16, seq_windows=2, cooldown_windows=4, schedule="cosine"), 99, 100) \
+        == (16, 2)  # cosine has no cooldown phase
+    data = TokenData(np.arange(5000) % 80, seq_len=32)
+    x, y = data.batch("train", 8, np.random.default_rng(0), seq_len=64)
+    assert x.shape == y.shape == (8, 64) and (y[:, :-1] == x[:, 1:]).all()

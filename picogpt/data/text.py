@@ -124,10 +124,15 @@ class TokenData:
                             f"one sequence ({self.seq_len + 1:,}); use more text or fewer processes")
         self.train = self.train[rank * size : (rank + 1) * size]
 
-    def batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, split: str, batch_size: int, rng: np.random.Generator,
+              seq_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` sequences of `seq_len` (default: the training length) at random offsets of a split."""
         data = self.train if split == "train" else self.val
-        starts = rng.integers(0, len(data) - self.seq_len, size=batch_size)
-        rows = np.asarray(data[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
+        n = seq_len or self.seq_len
+        if len(data) < n + 1:
+            raise PicoError(f"the {split} split has {len(data):,} characters; a sequence of {n:,} needs more")
+        starts = rng.integers(0, len(data) - n, size=batch_size)
+        rows = np.asarray(data[starts[:, None] + np.arange(n + 1)], dtype=np.int64)
         return rows[:, :-1], rows[:, 1:]
 
 

@@ -42,6 +42,8 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @click.option("--batch-size", type=int, default=None, help="Sequences per step (default: the preset's).")
 @click.option("--seq-windows", type=int, default=TrainConfig.seq_windows, show_default=True,
               help="Windows per training sequence (gradients flow through all their context vectors).")
+@click.option("--cooldown-windows", type=int, default=TrainConfig.cooldown_windows, show_default=True,
+              help="wsd: windows per sequence during the cooldown, at the same tokens per step (0: --seq-windows).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the preset's).")
 @click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default=TrainConfig.schedule, show_default=True,
               help="wsd: warmup, stable, linear cooldown to zero; cosine: nanoGPT's decay to lr/10.")
@@ -67,8 +69,9 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @cli_errors
 def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki_config: str,
          val_percent: float, out: Path, model: str | None, optimizer: str, max_iters: int | None,
-         max_minutes: float | None, batch_size: int | None, seq_windows: int, lr: float | None, schedule: str,
-         cooldown_frac: float, warmup_iters: int, eval_interval: int, eval_iters: int, threads: int | None, seed: int,
+         max_minutes: float | None, batch_size: int | None, seq_windows: int, cooldown_windows: int,
+         lr: float | None, schedule: str, cooldown_frac: float, warmup_iters: int, eval_interval: int,
+         eval_iters: int, threads: int | None, seed: int,
          resume: bool, overwrite: bool, context_len: int | None, n_layer: int | None, n_head: int | None,
          n_embd: int | None, dropout: float, report: bool, quiet: bool) -> None:
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
@@ -81,7 +84,8 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
         config = None  # the checkpoint's model
     tc = TrainConfig(model=preset_of(config) if config else preset, optimizer=optimizer,
                      batch_size=PRESETS[preset].batch_size if batch_size is None else batch_size,
-                     seq_windows=seq_windows, lr=PRESETS[preset].lr if lr is None else lr,
+                     seq_windows=seq_windows, cooldown_windows=cooldown_windows,
+                     lr=PRESETS[preset].lr if lr is None else lr,
                      schedule=schedule, cooldown_frac=cooldown_frac, warmup_iters=warmup_iters,
                      max_iters=TrainConfig.max_iters if max_iters is None else max_iters, eval_interval=eval_interval,
                      eval_iters=eval_iters, seed=seed)

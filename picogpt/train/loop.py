@@ -24,6 +24,7 @@ from picogpt.checkpoint import load_checkpoint, save_checkpoint
 from picogpt.config import GPTConfig
 from picogpt.contract import fused_unsupported
 from picogpt.data import DataConfig, open_data
+from picogpt.data.text import TokenData
 from picogpt.errors import PicoError
 from picogpt.model import GPT
 from picogpt.system import check_memory, physical_cores
@@ -32,7 +33,7 @@ from picogpt.train.distributed import Dist, init_distributed, peer_lost
 from picogpt.train.malloc import keep_heap_memory
 from picogpt.train.optim import make_optimizer
 from picogpt.train.outdir import append_log, prepare_out_dir, repair_log
-from picogpt.train.recipe import HorizonFitter, TrainConfig, check_recipe, lr_at, resumed_config
+from picogpt.train.recipe import HorizonFitter, TrainConfig, check_recipe, lr_at, resumed_config, step_shape
 from picogpt.train.runner import StepRunner, Stopper, activation_bytes_per_token, check_finite, evaluate
 
 
@@ -178,7 +179,7 @@ class TrainingRun:
     def train_step(self) -> tuple[float, float]:
         """One optimizer step; returns (training loss, seconds)."""
         self.optimizer.set_lr(lr_at(self.step, self.tc, self.horizon))
-        x, y = self.data.batch("train", self.tc.batch_size, self.rng)
+        x, y = self.batch()
         t0 = time.perf_counter()
         loss = self.runner(torch.from_numpy(x), torch.from_numpy(y))
         check_finite(loss, "training loss", self.step, self.ckpt_path, diverged=3 * math.log(self.config.vocab_size))
@@ -189,6 +190,14 @@ class TrainingRun:
         self.recent.append(loss)
         self.window_tokens += self.tokens_per_step
         return loss, time.perf_counter() - t0
+
+    def batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This step's training batch: longer sequences of fewer rows in a --cooldown-windows cooldown (text data;
+        Wikipedia streams sequences of one length)."""
+        rows, windows = step_shape(self.tc, self.step, self.horizon)
+        if windows == self.tc.seq_windows or not isinstance(self.data, TokenData):
+            return self.data.batch("train", self.tc.batch_size, self.rng)
+        return self.data.batch("train", rows, self.rng, seq_len=windows * self.config.context_len)
 
     def announce(self) -> None:
         if not self.dist.is_main:
