@@ -66,6 +66,8 @@ def check_request(max_new_tokens: int, num_samples: int = 1, seed: int | None = 
 def prefill(decoder: Decoder, ids: np.ndarray, state: Any, progress: bool = False) -> np.ndarray:
     """Feed a prompt [B, T] a window at a time; with `progress`, one that takes over a second shows how far
     it got on stderr. Returns the logits after the last id."""
+    if ids.shape[1] == 0:
+        raise PicoError("nothing to feed: a prompt needs at least one id")
     t0, step, shown = time.perf_counter(), decoder.config.context_len, False
     for start in range(0, ids.shape[1], step):
         logits = decoder.feed(ids[:, start : start + step], state)

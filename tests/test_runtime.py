@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CONFIG, assert_one_line_error, plain_onnx, run_cli
+from picogpt.errors import PicoError
 from picogpt.runtime import Generator, bundled_model_path
 from picogpt.sampling import SamplingConfig
 from picogpt.tokenizer import CharTokenizer
@@ -47,6 +48,8 @@ def test_stream_equals_generate_and_goes_far(exported: Path) -> None:
     assert len(ids) == 400 and "".join(pieces) == TOK.decode(ids)  # padding ids decode to ""
     session = g.session(SamplingConfig(temperature=1.0), seed=1)
     assert len(list(g.stream_ids(TOK.encode("abc"), 2000, session=session))) == 2000
+    with pytest.raises(PicoError, match="at least one id"):  # the API's ids (the CLI maps "" to a line break)
+        list(g.stream_ids([], 5))
     assert session.state.pos <= TINY_CONFIG.n_positions  # 2,000 tokens later the cache is still one window
 
 
