@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from picogpt.config import GPTConfig
-from picogpt.errors import PicoError, check_writable_file, cli_errors
+from picogpt.errors import PicoError, check_writable_file, cli_errors, make_output_dir
 from picogpt.system import check_threads
 from picogpt.windows import STREAM_WINDOWS
 
@@ -205,10 +205,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
     from picogpt.bench.system_info import busy_report, machine_report
 
     check_threads(threads)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PicoError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
+    make_output_dir(out)
     minutes = parse_minutes(minutes_text)
     runs = plan([r for r in recipes.split(",") if r], presets.split(",") if presets else None)
     if not runs:

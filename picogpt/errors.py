@@ -50,3 +50,13 @@ def check_writable_file(path, flag: str) -> None:
         raise PicoError(f"{flag} {p}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise PicoError(f"{flag} {p} cannot be written (permission denied)")
+
+
+def make_output_dir(path, flag: str = "--out") -> None:
+    """Create an output folder (and its parents), or refuse in one line before any work."""
+    from pathlib import Path
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PicoError(f"{flag} {path} cannot be created ({exc.strerror or exc})") from None

@@ -46,9 +46,8 @@ def integrity(data: bytes) -> str:
 
 def read_model(path: Path) -> tuple[Generator, dict[str, str]]:
     """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
-    gen = Generator(path, threads=1)
-    meta = gen.decoder.session.get_modelmeta().custom_metadata_map
-    return gen, {k: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+    gen = Generator(path, threads=1)  # its decoder has read and checked the picogpt.* metadata
+    return gen, {META_PREFIX + k: v for k, v in gen.metadata.items()}
 
 
 def patch_ir_version(data: bytes) -> bytes:

@@ -21,7 +21,7 @@ import numpy as np
 
 from picogpt.data.text import encode_array
 from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, is_val_article, open_article_stream
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, cli_errors, make_output_dir
 from picogpt.tokenizer import CharTokenizer
 
 SEPARATOR = "\n\n"
@@ -93,10 +93,7 @@ def main() -> None:
 def wikipedia(out: Path, data_files: str | None, wiki_name: str, wiki_config: str, val_percent: float,
               num_proc: int, shards: int) -> None:
     """Wikipedia -> OUT/train.bin, OUT/val.bin (uint8 ids; articles split by a hash of their id)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PicoError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
+    make_output_dir(out)
     for stale in (out / "train.bin.tmp", out / "val.bin.tmp"):  # left by a kill -9
         stale.unlink(missing_ok=True)
     # SIGTERM unwinds like Ctrl-C, so the memmap being written is removed (exit 143)
