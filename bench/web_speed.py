@@ -10,9 +10,7 @@ Needs the dev extra (playwright) and a system Chromium. Run it under `quiet-run`
 
 from __future__ import annotations
 
-import functools
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import click
@@ -34,13 +32,6 @@ DECODE_JS = """async (n) => {
 }"""
 
 
-class Handler(SimpleHTTPRequestHandler):
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @click.command()
 @click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--runs", type=int, default=3, show_default=True, help="Fresh page loads.")
@@ -50,7 +41,9 @@ def main(site: Path, runs: int, tokens: int, chromium: str) -> None:
     """Print, per page load: ready and first-token times (ms after navigation start) and tokens/s."""
     from playwright.sync_api import sync_playwright
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
+    from picogpt.runtime.web import start_server
+
+    server = start_server(site)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with sync_playwright() as p:

@@ -9,12 +9,14 @@ package copied into the folder (the page then works offline). Torch-free: onnxru
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
@@ -193,22 +195,31 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def serve(folder: Path, port: int) -> None:
-    """Serve `folder` on 127.0.0.1 until Ctrl-C (WASM needs http://, not file://)."""
-    import functools
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+class PageHandler(SimpleHTTPRequestHandler):
+    """Serves a page folder: modules as JavaScript, quietly, readable cross-origin (as a CDN serves ORT)."""
 
-    class Handler(SimpleHTTPRequestHandler):
-        extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
-                          ".js": "text/javascript", ".wasm": "application/wasm", ".gzip": "application/octet-stream"}
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                      ".js": "text/javascript", ".wasm": "application/wasm", ".gzip": "application/octet-stream"}
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-            pass  # quiet: the page's own readout says what happens
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
 
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass  # quiet: the page's own readout says what happens
+
+
+def start_server(folder: Path, port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server for `folder` on 127.0.0.1 (port 0: any free one), not yet serving."""
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=str(folder)))
+        return ThreadingHTTPServer(("127.0.0.1", port), functools.partial(PageHandler, directory=str(folder)))
     except OSError as exc:
         raise PicoError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror})") from None
+
+
+def serve(folder: Path, port: int) -> None:
+    """Serve `folder` on 127.0.0.1 until Ctrl-C (WASM needs http://, not file://)."""
+    server = start_server(folder, port)
     click.echo(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
     try:
         server.serve_forever()

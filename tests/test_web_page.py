@@ -7,13 +7,11 @@ The browser tests need Debian's chromium, the `playwright` package and an npm in
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ import pytest
 
 from conftest import meta_of, require_web, run_cli
 from picogpt.runtime import Generator, bundled_model_path
-from picogpt.runtime.web import ORT_MODULE, ORT_WASM, ORT_WEB_VERSION
+from picogpt.runtime.web import ORT_MODULE, ORT_WASM, ORT_WEB_VERSION, start_server
 from picogpt.sampling import SamplingConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,19 +28,8 @@ ORT_DIR = Path(os.environ.get("PICOGPT_ORT_DIR", REPO / ".web-deps"))
 GREEDY_CHARS = 400  # 7 prompt characters + 400 cross 3 windows of 128
 
 
-class Handler(SimpleHTTPRequestHandler):
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
-
-    def end_headers(self) -> None:
-        self.send_header("Access-Control-Allow-Origin", "*")  # as a CDN does: ORT's files load cross-origin
-        super().end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def serve_folder(folder: Path, servers: list) -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    server = start_server(folder)  # picogpt-web --serve's server: readable cross-origin, as a CDN
     threading.Thread(target=server.serve_forever, daemon=True).start()
     servers.append(server)
     return f"http://127.0.0.1:{server.server_address[1]}/"
