@@ -57,7 +57,7 @@ check-torch-free:
 pretrained: install
 	$(BIN)/picogpt-train --out $(PRETRAINED_DIR) --model base --batch-size 8 --dropout 0.1 --cooldown-windows 0 \
 		--max-iters $(PRETRAINED_ITERS) --max-minutes $(PRETRAINED_MINUTES) --eval-interval 100 --quiet
-	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8
+	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8-weights
 
 clean:
 	rm -rf $(VENV) $(NOTORCH) runs build *.egg-info

@@ -1,5 +1,5 @@
-"""Quantization: onnxruntime's own tools (dynamic int8, weight-only MatMulNBits int4/int8) and
-MatMulNBits nodes holding GPTQ codes (export/gptq.py)."""
+"""Quantization: onnxruntime's own tools (dynamic int8, weight-only MatMulNBits int4/int8), MatMulNBits
+nodes holding GPTQ codes (export/gptq.py), and int8-stored weights that run in fp32 (`int8-weights`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from picogpt.export.gptq import BlockCodes
 
-METHODS = ("int8", "int8-channel", "int4", "int4-gptq", "int8-block")
+METHODS = ("int8", "int8-channel", "int4", "int4-gptq", "int8-block", "int8-weights")
 CALIBRATED = ("int4-gptq",)  # methods that need calibration text (see export/gptq.py)
 
 
@@ -61,12 +61,49 @@ def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarra
         q.process()
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
         return
+    if method == "int8-weights":
+        onnx.save(with_int8_weights(onnx.load(src)), str(dst))
+        return
     if method in CALIBRATED:
         if calibrated is None:
             raise ValueError(f"{method} needs calibrated codes")
         onnx.save(with_block_codes(onnx.load(src), calibrated), str(dst))
         return
     raise ValueError(f"unknown quantization {method!r}")
+
+
+def with_int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each MatMul's constant weight (the lm_head's excepted, as for int8) stored as int8
+    codes and one fp32 scale per output column, expanded back by Cast + Mul nodes on those constants.
+
+    onnxruntime folds the Cast + Mul at session load, natively and in WASM, so the file is a quarter
+    of fp32's size but its arithmetic is fp32's: no activation is quantized, and nothing turns a
+    last-bit difference between two builds (FMA or not) into a different int8 code. That keeps the
+    greedy text identical in the browser (docs/onnx.md); the price is fp32's native speed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    expand: list = []
+    stored: set[str] = set()
+    for node in model.graph.node:
+        b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if b is None or len(b.dims) != 2 or node.name.startswith("lm_head") or b.name in stored:
+            continue
+        w = numpy_helper.to_array(b)  # [K, N]: y = x @ w, so a column is one output channel
+        scale = np.abs(w).max(axis=0) / 127
+        scale = np.where(scale > 0, scale, 1).astype(np.float32)
+        codes = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        model.graph.initializer.remove(b)
+        model.graph.initializer.extend([numpy_helper.from_array(codes, f"{b.name}_int8"),
+                                        numpy_helper.from_array(scale, f"{b.name}_scale")])
+        expand += [helper.make_node("Cast", [f"{b.name}_int8"], [f"{b.name}_f32"], name=f"{b.name}/Cast",
+                                    to=TensorProto.FLOAT),
+                   helper.make_node("Mul", [f"{b.name}_f32", f"{b.name}_scale"], [b.name], name=f"{b.name}/Scale")]
+        stored.add(b.name)
+    nodes = expand + list(model.graph.node)  # constants first keeps the node list topologically sorted
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 def _digest(weight_t: np.ndarray) -> str:

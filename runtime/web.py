@@ -46,6 +46,10 @@ def integrity(data: bytes) -> str:
     return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
+# Quantizations whose arithmetic is fp32 (int8-weights only stores int8): the page's text is picogpt-run's.
+FP32_ARITHMETIC = ("none", "int8-weights")
+
+
 def read_model(path: Path) -> tuple[Generator, dict[str, str]]:
     """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
     gen = Generator(path, threads=1)  # its decoder has read and checked the picogpt.* metadata
@@ -162,6 +166,11 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
     ort = None if ort_dir is not None else cdn_ort(ort_url or ORT_CDN)
     check_target(out)
     gen, meta = read_model(model)
+    if gen.metadata.get("quantization", "none") not in FP32_ARITHMETIC:
+        click.echo(f"note: {model.name} quantizes activations to int8 as it runs "
+                   f"({gen.metadata['quantization']}): the page's greedy text can leave picogpt-run's at a near-tie "
+                   "(WASM and native floats differ in the last bit); a file exported with --quantize int8-weights "
+                   "computes in fp32 and stays identical", err=True)
     ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
     parent = out.parent if str(out.parent) else Path(".")
     try:

@@ -112,7 +112,7 @@ def test_cli_export_fp32_verifies_and_is_self_describing(tiny_ckpt: Path, corpus
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["int8", "int4", "int4-gptq"])
+@pytest.mark.parametrize("method", ["int8", "int4", "int4-gptq", "int8-weights"])
 def test_cli_export_quantized_agrees(tiny_ckpt: Path, corpus_file: Path, tmp_path: Path, method: str) -> None:
     out, js = tmp_path / f"{method}.onnx", tmp_path / "export.json"
     proc = run_cli("picogpt.export", str(tiny_ckpt), "-o", str(out), "--quantize", method,
@@ -248,3 +248,40 @@ def test_export_verifies_on_the_text_the_checkpoint_was_trained_on(tiny_ckpt: Pa
                     "--json", str(js_given))
     assert given.returncode == 0, given.stderr
     assert verification(js_stored)["none"]["val_loss_onnx"] == verification(js_given)["none"]["val_loss_onnx"]
+
+
+def test_int8_weights_graph_computes_what_the_codes_hold(random_model: GPT, exported_any: Path, tmp_path: Path) -> None:
+    """int8-weights stores codes but keeps fp32 arithmetic: torch with the dequantized weights (codes x
+    column scale) is the reference, and onnxruntime folds the expansion away when the session loads."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from picogpt.export.quantize import quantize
+
+    path, folded = tmp_path / "w8.onnx", tmp_path / "folded.onnx"
+    quantize(exported_any, path, "int8-weights")
+    stored = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name.endswith("_int8")]
+    ref = copy.deepcopy(random_model)
+    linears = [m for n, m in ref.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert len(stored) == len(linears) == 4 * TINY_CONFIG.n_layer and all(s.dtype == np.int8 for s in stored)
+    for module in linears:
+        w = module.weight.detach().numpy().T  # [in, out]: one scale per output column
+        scale = np.abs(w).max(axis=0) / 127
+        codes = np.rint(w / scale).astype(np.int8)
+        assert sum(np.array_equal(codes, s) for s in stored) == 1
+        module.weight = torch.nn.Parameter(torch.from_numpy((codes * scale).T.astype(np.float32)))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # constant folding is basic
+    opts.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    assert "Cast" not in {n.op_type for n in onnx.load(str(folded)).graph.node}  # nothing left to run per step
+    ids = torch.randint(0, TINY_CONFIG.vocab_size - 8, (2, 2 * TINY_CONFIG.context_len + 3))
+    with torch.no_grad():
+        want, _ = ref(ids)
+    dec = OnnxDecoder(path, threads=1)
+    state = dec.new_state(2)
+    got = np.stack([dec.feed(ids[:, t : t + 1].numpy(), state) for t in range(ids.shape[1])], axis=1)
+    assert np.abs(got - want.numpy()).max() < 1e-4

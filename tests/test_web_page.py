@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import meta_of, require_web, run_cli
@@ -90,36 +89,16 @@ def python_text(model: Path | None, prompt: str, n: int, **sampling) -> str:
     return Generator(model).generate(prompt, n, sampling=SamplingConfig(**{"temperature": 0.0, **sampling}))
 
 
-def native_top2_gap(model: Path, prompt: str, text: str) -> float:
-    """The gap between native onnxruntime's two best logits after `prompt` + `text`."""
-    gen = Generator(model)
-    state = gen.decoder.new_state(1)
-    logits = gen.decoder.feed(np.array([gen.encode_prompt(prompt)]), state)
-    for i in gen.tokenizer.encode(text):
-        logits = gen.decoder.feed(np.array([[i]]), state)
-    second, first = np.sort(logits[0])[-2:]
-    return float(first - second)
-
-
-def common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
-
-
 def test_page_greedy_equals_picogpt_run_on_the_bundled_model(browser, serve) -> None:
     page = open_page(browser, serve(bundled_model_path()))
     meta = meta_of(bundled_model_path())
     fp = json.loads(meta["picogpt.fingerprint"])
     assert len(fp["prompt"]) + GREEDY_CHARS > 3 * json.loads(meta["picogpt.config"])["context_len"]  # 3 roll-overs
+    assert meta["picogpt.quantization"] == "int8-weights"  # int8 storage, fp32 arithmetic (docs/onnx.md)
     got = page.evaluate(GREEDY_JS, [fp["prompt"], GREEDY_CHARS])
-    want = python_text(None, fp["prompt"], GREEDY_CHARS)
-    print(f"\nbundled: {common_prefix(got['text'], want)} greedy chars equal; stats {got['stats']}; "
-          f"page load to last token {got['now']:.0f} ms")
+    print(f"\nbundled: stats {got['stats']}; page load to last token {got['now']:.0f} ms")
     assert got["text"].startswith(fp["greedy"])  # the file's fingerprint
-    same = common_prefix(got["text"], want)
-    if same < GREEDY_CHARS:
-        # WASM (no FMA) and AVX2 floats differ in the last bit now and then; int8 dynamic quantization can
-        # amplify one such bit into a flipped argmax, but only where native itself is at a near-tie.
-        assert native_top2_gap(bundled_model_path(), fp["prompt"], want[:same]) < 0.02, same
+    assert got["text"] == python_text(None, fp["prompt"], GREEDY_CHARS)
     page.close()
 
 
