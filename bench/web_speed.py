@@ -1,10 +1,13 @@
 """The `picogpt-web` page's speed in headless Chromium: page load to first token, and greedy decode tokens/s.
 
     python -m picogpt.bench.web_speed SITE [--runs 3] [--tokens 1000] [--chromium /usr/bin/chromium]
+                                           [--parity MODEL.onnx [--parity-chars 600]]
 
 SITE is a folder written by `picogpt-web` (with `--ort-dir`, so nothing comes from the network). Each run
 opens the page fresh, times navigation start -> `picogpt.ready` -> the first generated character, then
 generates `--tokens` greedy characters three times (the first is slower: the JIT is still tiering up).
+With `--parity`, it then compares the page's greedy text with native onnxruntime's (`Generator` on MODEL,
+the file the page was written from) on a few prompts and prints how many leading characters agree.
 Needs the dev extra (playwright) and a system Chromium. Run it under `quiet-run` on a shared box.
 """
 
@@ -32,12 +35,37 @@ DECODE_JS = """async (n) => {
 }"""
 
 
+PARITY_PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "First Citizen:\n", "KING HENRY:\nWhat", "the king ", "\n\n",
+                  "LADY MACBETH:\n", "To be"]
+PARITY_JS = "async ([p, n]) => await picogpt.generate(p, {temperature: 0, maxNewTokens: n})"
+
+
+def parity(page, model: Path, chars: int) -> list[int]:
+    """Leading characters of the page's greedy text equal to native onnxruntime's, per prompt."""
+    import os
+
+    from picogpt.runtime import Generator
+    from picogpt.sampling import SamplingConfig
+
+    gen = Generator(model, threads=1)
+    same = []
+    for prompt in PARITY_PROMPTS:
+        want = gen.generate(prompt, chars, sampling=SamplingConfig(temperature=0.0))
+        got = page.evaluate(PARITY_JS, [prompt, chars])
+        same.append(chars if got == want else min(chars, len(os.path.commonprefix([got, want]))))
+        click.echo(f"parity {prompt!r:22} {same[-1]}/{chars} characters equal to native")
+    return same
+
+
 @click.command()
 @click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--runs", type=int, default=3, show_default=True, help="Fresh page loads.")
 @click.option("--tokens", type=int, default=1000, show_default=True, help="Greedy characters per generation.")
 @click.option("--chromium", default="/usr/bin/chromium", show_default=True)
-def main(site: Path, runs: int, tokens: int, chromium: str) -> None:
+@click.option("--parity", "model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The .onnx file the page was written from: compare greedy text with native onnxruntime.")
+@click.option("--parity-chars", type=int, default=600, show_default=True)
+def main(site: Path, runs: int, tokens: int, chromium: str, model: Path | None, parity_chars: int) -> None:
     """Print, per page load: ready and first-token times (ms after navigation start) and tokens/s."""
     from playwright.sync_api import sync_playwright
 
@@ -55,6 +83,10 @@ def main(site: Path, runs: int, tokens: int, chromium: str) -> None:
                 speeds = page.evaluate(DECODE_JS, tokens)
                 click.echo(f"run {run}: ready {ready:.0f} ms, first token {first:.0f} ms after navigation start; "
                            f"greedy {tokens} tokens: {', '.join(f'{s:.0f}' for s in speeds)} tokens/s")
+                if model is not None and run == runs - 1:
+                    same = parity(page, model, parity_chars)
+                    click.echo(f"parity: {min(same)}-{max(same)} of {parity_chars} characters equal "
+                               f"({sum(n == parity_chars for n in same)} of {len(same)} prompts all the way)")
                 page.close()
             browser.close()
     finally:

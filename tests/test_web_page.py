@@ -183,3 +183,14 @@ def test_page_sampler_follows_picogpt_sampling(browser, serve, exported: Path) -
     first = page.evaluate(run, ["the king", seeded])
     assert first == page.evaluate(run, ["the king", seeded]) and first != greedy  # a seed repeats its text
     page.close()
+
+
+def test_web_speed_bench_times_the_page_and_checks_parity(browser, exported: Path, tmp_path: Path) -> None:
+    """`python -m picogpt.bench.web_speed SITE --parity MODEL`, as the README runs it (a short version)."""
+    site = tmp_path / "site"
+    assert run_cli("picogpt.runtime.web", str(exported), "-o", str(site), "--ort-dir", str(ORT_DIR)).returncode == 0
+    proc = run_cli("picogpt.bench.web_speed", str(site), "--runs", "1", "--tokens", "50", "--chromium", CHROMIUM,
+                   "--parity", str(exported), "--parity-chars", "150")
+    assert proc.returncode == 0, proc.stderr
+    assert "run 0: ready" in proc.stdout and "tokens/s" in proc.stdout
+    assert "parity: 150-150 of 150 characters equal (8 of 8 prompts all the way)" in proc.stdout, proc.stdout
