@@ -74,6 +74,39 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
     return batch_size * n / statistics.median(times)
 
 
+def newton_schulz_cost(preset: str, threads: int, repeats: int = 10) -> tuple[float, float]:
+    """ms for Muon's orthogonalisation of one step's hidden matrices, and for its floor: the two products any
+    orthogonalisation needs once (the Gram matrix G = X X^T and the product Q X), with no iteration at all."""
+    import torch
+
+    from picogpt.model import GPT
+    from picogpt.train.optim import orthogonalize
+    from picogpt.train.presets import PRESETS
+
+    torch.set_num_threads(threads)
+    model = GPT(PRESETS[preset].config())
+    shapes: dict[torch.Size, int] = {}
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and ".h." in f".{name}":  # the matrices Muon takes (train/optim.py)
+            shapes[p.shape] = shapes.get(p.shape, 0) + 1
+    stacks = [torch.randn(n, *shape) for shape, n in shapes.items()]
+
+    def floor(g: torch.Tensor) -> torch.Tensor:
+        x = g.mT if g.size(-2) > g.size(-1) else g
+        return (x @ x.mT) @ x
+
+    def ms(fn) -> float:
+        for s in stacks:
+            fn(s)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            for s in stacks:
+                fn(s)
+        return (time.perf_counter() - t) / repeats * 1000
+
+    return ms(orthogonalize), ms(floor)
+
+
 ENGINES = ["nanogpt", "picogpt", "picogpt-muon"]
 
 
@@ -86,9 +119,16 @@ ENGINES = ["nanogpt", "picogpt", "picogpt-muon"]
 @click.option("--tokens", default=60_000, show_default=True, help="Tokens timed per engine per round.")
 @click.option("--engines", default=",".join(ENGINES), show_default=True)
 @click.option("--engine", type=click.Choice(ENGINES), default=None, hidden=True)
+@click.option("--newton-schulz", "ns", is_flag=True,
+              help="Only time Muon's Newton-Schulz for the preset's matrices, and the floor any orthogonalisation has.")
 def main(batch_size: int, seq_windows: int, preset: str, threads: int, rounds: int, tokens: int, engines: str,
-         engine: str | None) -> None:
+         engine: str | None, ns: bool) -> None:
     """Compare training throughput (tokens/s), each engine in its own process, interleaved."""
+    if ns:
+        full, floor = newton_schulz_cost(preset, threads)
+        print(f"{preset}, {threads} threads: Newton-Schulz {full:.1f} ms a step; "
+              f"the products G = X X^T and Q X alone {floor:.1f} ms")
+        return
     if engine:  # child process
         windows = 1 if engine == "nanogpt" else seq_windows
         steps = max(3, tokens // (batch_size * 128 * windows))

@@ -143,7 +143,8 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
 @click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="none",
               show_default=True,
-              help="int4-gptq: int4 calibrated on --data (GPTQ). auto: time the candidates here, keep the fastest "
+              help="int4-gptq: int4 calibrated on --data (GPTQ). int8-weights: int8 storage, fp32 arithmetic (the "
+                   "same text in a browser; fp32's native speed). auto: time the candidates here, keep the fastest "
                    "within 0.02 nats.")
 @click.option("--graph", "layout", type=click.Choice(LAYOUTS), default="fused", show_default=True,
               help="fused: onnxruntime contrib kernels, in-place KV cache (fast). portable: standard ONNX "

@@ -58,6 +58,8 @@ def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path
     assert row["targets"] == val_chars - 1  # every character of the val split after the first is scored
     assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == 10
     assert "| 0.05 | picogpt | pico |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    least = min(z - c for c, z in zip(row["per_window"][1:], row["per_window_zeroed"][1:]))
+    assert md.read_text().splitlines()[-1].endswith(f"| {least:+.5f} |")  # by how much the worst window gains
 
 
 def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_model, exported: Path,
@@ -74,3 +76,17 @@ def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_mode
     got = row["val_loss"]
     val = load_token_data(str(corpus_file), CharTokenizer(), 1280, "t")[0].val
     assert got == pytest.approx(stream_score(random_model, val, 1280).mean, abs=1e-4)
+
+
+def test_train_speed_compares_optimizers_and_times_newton_schulz() -> None:
+    """`python -m picogpt.bench.train_speed` as the README runs it (short): each engine in its own process."""
+    proc = run_cli("picogpt.bench.train_speed", "--engines", "picogpt,picogpt-muon", "--rounds", "1", "--model",
+                   "pico", "--batch-size", "2", "--seq-windows", "2", "--tokens", "1000", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    median = proc.stdout.strip().splitlines()[-1]
+    assert median.startswith("median tok/s, pico, batch 2 x 2 windows, 1 threads: picogpt ")
+    assert "picogpt-muon" in median
+    proc = run_cli("picogpt.bench.train_speed", "--newton-schulz", "--model", "pico", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    full, floor = (float(part.split(" ms")[0].split()[-1]) for part in proc.stdout.split(";"))
+    assert 0 < floor < full  # five iterations cost more than the two products every orthogonalisation needs
