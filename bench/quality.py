@@ -58,6 +58,7 @@ def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
     carried, zeroed = (stream_score(model, val, SEQ_CHARS, carry=c) for c in (True, False))
     return {"val_loss": carried.mean, "zeroed": zeroed.mean, "targets": int(carried.counts.sum()),
             "per_window": carried.per_window().tolist(), "per_window_zeroed": zeroed.per_window().tolist(),
+            "per_window_gain_se": zeroed.gain_se(carried).tolist(),
             "per_position": carried.per_position()}
 
 
@@ -125,12 +126,20 @@ def worse_windows(row: dict) -> int:
 def table_lines(rows: list[dict]) -> list[str]:
     """A markdown table of the runs, best val loss first within each budget."""
     lines = ["| min | recipe | preset | params | steps | tok/s | val (carried) | val (zeroed) | windows 2+ worse | "
-             "least gain, windows 2+ |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "least gain, windows 2+ (± se) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["minutes"], r["val_loss"])):
         lines.append(f"| {r['minutes']:g} | {r['recipe']} | {r['preset']} | {r['params_m']:.2f}M | {r['steps']:,} | "
                      f"{r['tokens_per_s']:,.0f} | {r['val_loss']:.4f} | {r['zeroed']:.4f} | {worse_windows(r)} | "
-                     f"{min(gains(r)):+.5f} |")
+                     f"{least_gain(r)} |")
     return lines
+
+
+def least_gain(row: dict) -> str:
+    """The worst window's gain, with its standard error over the val sequences (rows scored since it is kept)."""
+    g = gains(row)
+    k = min(range(len(g)), key=g.__getitem__)
+    se = row.get("per_window_gain_se")
+    return f"{g[k]:+.5f}" + (f" ± {se[k + 1]:.5f}" if se else "")
 
 
 def write_plot(path: Path, rows: list[dict]) -> None:

@@ -58,8 +58,10 @@ def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path
     assert row["targets"] == val_chars - 1  # every character of the val split after the first is scored
     assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == 10
     assert "| 0.05 | picogpt | pico |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
-    least = min(z - c for c, z in zip(row["per_window"][1:], row["per_window_zeroed"][1:]))
-    assert md.read_text().splitlines()[-1].endswith(f"| {least:+.5f} |")  # by how much the worst window gains
+    gains = [z - c for c, z in zip(row["per_window"][1:], row["per_window_zeroed"][1:])]
+    worst = min(range(len(gains)), key=gains.__getitem__)  # by how much the worst window gains, and its noise
+    least = f"{gains[worst]:+.5f} ± {row['per_window_gain_se'][worst + 1]:.5f}"
+    assert md.read_text().splitlines()[-1].endswith(f"| {least} |")
 
 
 def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_model, exported: Path,
@@ -90,3 +92,29 @@ def test_train_speed_compares_optimizers_and_times_newton_schulz() -> None:
     assert proc.returncode == 0, proc.stderr
     full, floor = (float(part.split(" ms")[0].split()[-1]) for part in proc.stdout.split(";"))
     assert 0 < floor < full  # five iterations cost more than the two products every orthogonalisation needs
+
+
+def test_window_gain_standard_error_matches_a_sequence_at_a_time_reference(random_model) -> None:
+    """The streamed scorer's per-sequence sums and the gain's standard error, against scoring each sequence
+    alone (with equal sequences the ratio estimator's error is the plain standard error of their gains)."""
+    import numpy as np
+    import torch
+    from torch.nn import functional as F
+
+    from picogpt.train.evaluate import stream_score
+
+    n = random_model.config.context_len
+    seq, m = 3 * n, 6
+    ids = np.random.default_rng(0).integers(0, random_model.config.vocab_size - 8, size=m * seq + 1)
+    carried, zeroed = (stream_score(random_model, ids, seq, carry=c, batch_size=4) for c in (True, False))
+    gains = np.zeros((m, 3))
+    for i in range(m):
+        x = torch.from_numpy(ids[i * seq : (i + 1) * seq])[None]
+        y = torch.from_numpy(ids[i * seq + 1 : (i + 1) * seq + 1])[None]
+        for carry, sign in ((True, -1), (False, 1)):
+            with torch.no_grad():
+                for k, (logits, _) in enumerate(random_model.iter_windows(x, carry=carry)):
+                    gains[i, k] += sign * F.cross_entropy(logits[0], y[0, k * n : (k + 1) * n]).item()
+    assert np.allclose(zeroed.per_window() - carried.per_window(), gains.mean(0), atol=1e-5)
+    assert np.allclose(zeroed.gain_se(carried), gains.std(0, ddof=1) / np.sqrt(m), atol=1e-6)
+    assert zeroed.gain_se(carried)[1:].min() > 0 and zeroed.gain_se(carried)[0] == 0  # window 1: both zero

@@ -45,6 +45,7 @@ class StreamScore:
 
     sums: np.ndarray  # [windows, context_len]
     counts: np.ndarray  # [windows, context_len]
+    by_sequence: np.ndarray  # [sequences, windows, 2]: each sequence's loss sum and target count per window
 
     @property
     def mean(self) -> float:
@@ -52,6 +53,16 @@ class StreamScore:
 
     def per_window(self) -> np.ndarray:
         return self.sums.sum(1) / np.maximum(1, self.counts.sum(1))
+
+    def gain_se(self, carried: StreamScore) -> np.ndarray:
+        """Standard error of each window's gain (self: zeroed, `carried`: carried, on the same text).
+
+        The streamed sequences are the independent units: the gain is a ratio (loss difference over
+        targets), and this is the usual ratio estimator's standard error over the sequences."""
+        diff, n = self.by_sequence[..., 0] - carried.by_sequence[..., 0], self.by_sequence[..., 1]
+        gain = diff.sum(0) / np.maximum(1, n.sum(0))
+        m = len(diff)
+        return np.sqrt(((diff - gain * n) ** 2).sum(0) * m / max(1, m - 1)) / np.maximum(1, n.sum(0))
 
     def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17)) -> list[tuple[str, float]]:
         """Mean loss over position ranges of the window (1-based): 1, 2-4, 5-16, 17-end by default."""
@@ -77,15 +88,19 @@ def stream_score(model: GPT, ids: np.ndarray, seq_chars: int = 1280, carry: bool
     n = model.config.context_len
     windows = -(-seq_chars // n)
     sums, counts = np.zeros((windows, n)), np.zeros((windows, n))
+    by_sequence = []
     for xs, ys in stream_batches(ids, seq_chars, batch_size):
         x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+        rows = np.zeros((len(xs), windows, 2))
         for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
             t = logits.size(1)
             ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, k * n : k * n + t].reshape(-1),
                                  reduction="none").view(-1, t)
             sums[k, :t] += ce.sum(0).double().numpy()
             counts[k, :t] += ce.size(0)
-    return StreamScore(sums, counts)
+            rows[:, k] = np.stack([ce.sum(1).double().numpy(), np.full(len(xs), t)], axis=1)
+        by_sequence.append(rows)
+    return StreamScore(sums, counts, np.concatenate(by_sequence))
 
 
 
@@ -116,6 +131,7 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
         seq = windows * model.config.context_len
         carried_s, zeroed_s = (stream_score(model, data.val, seq, carry=c) for c in (True, False))
         carried, zeroed = carried_s.per_window(), zeroed_s.per_window()
+        se = zeroed_s.gain_se(carried_s)
         means = carried_s.mean, zeroed_s.mean
         print(f"val loss per window (the whole val split, {int(carried_s.counts.sum()):,} characters, "
               f"in sequences of {windows} windows):")
@@ -123,11 +139,13 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
         batch_size = tc.get("batch_size", 12)
         carried = window_losses(model, data, batch_size, batches, seed, carry=True)
         zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
+        se = None
         means = float(carried.mean()), float(zeroed.mean())
         print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
-    print("window  carried  zeroed  gain")
+    print("window  carried  zeroed  gain" + ("  ± its standard error over the sequences" if se is not None else ""))
     for k, (c, z) in enumerate(zip(carried, zeroed), start=1):
-        print(f"{k:>6}  {c:7.4f}  {z:6.4f}  {z - c:+.4f}")
+        err = f"  ± {se[k - 1]:.4f}" if se is not None and k > 1 else ""
+        print(f"{k:>6}  {c:7.4f}  {z:6.4f}  {z - c:+.4f}{err}")
     print(f"  mean  {means[0]:7.4f}  {means[1]:6.4f}  {means[1] - means[0]:+.4f}")
     if streamed:
         print("by position in the window (carried): "
