@@ -35,7 +35,7 @@ DECODE_JS = """async (n) => {
 }"""
 
 
-PARITY_PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "First Citizen:\n", "KING HENRY:\nWhat", "the king ", "\n\n",
+PARITY_PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "MENENIUS:\n", "KING HENRY:\nWhat", "the king ", "\n\n",
                   "LADY MACBETH:\n", "To be"]
 PARITY_JS = "async ([p, n]) => await picogpt.generate(p, {temperature: 0, maxNewTokens: n})"
 
