@@ -72,6 +72,12 @@ def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarra
     raise ValueError(f"unknown quantization {method!r}")
 
 
+def constant_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The 2-D initializer a MatMul node multiplies by (a linear's weight, W^T), or None."""
+    b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+    return b if b is not None and len(b.dims) == 2 else None
+
+
 def with_int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with each MatMul's constant weight (the lm_head's excepted, as for int8) stored as int8
     codes and one fp32 scale per output column, expanded back by Cast + Mul nodes on those constants.
@@ -86,8 +92,8 @@ def with_int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     expand: list = []
     stored: set[str] = set()
     for node in model.graph.node:
-        b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if b is None or len(b.dims) != 2 or node.name.startswith("lm_head") or b.name in stored:
+        b = constant_weight(node, inits)
+        if b is None or node.name.startswith("lm_head") or b.name in stored:
             continue
         w = numpy_helper.to_array(b)  # [K, N]: y = x @ w, so a column is one output channel
         scale = np.abs(w).max(axis=0) / 127
@@ -120,8 +126,8 @@ def with_block_codes(model: onnx.ModelProto, calibrated: list[tuple[np.ndarray, 
     inits = {t.name: t for t in model.graph.initializer}
     nodes, added = [], []
     for node in model.graph.node:
-        b = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        codes = codes_of.get(_digest(numpy_helper.to_array(b))) if b is not None and len(b.dims) == 2 else None
+        b = constant_weight(node, inits)
+        codes = codes_of.get(_digest(numpy_helper.to_array(b))) if b is not None else None
         if codes is None:
             nodes.append(node)
             continue

@@ -60,9 +60,9 @@ class StreamScore:
         The streamed sequences are the independent units: the gain is a ratio (loss difference over
         targets), and this is the usual ratio estimator's standard error over the sequences."""
         diff, n = self.by_sequence[..., 0] - carried.by_sequence[..., 0], self.by_sequence[..., 1]
-        gain = diff.sum(0) / np.maximum(1, n.sum(0))
-        m = len(diff)
-        return np.sqrt(((diff - gain * n) ** 2).sum(0) * m / max(1, m - 1)) / np.maximum(1, n.sum(0))
+        total, m = np.maximum(1, n.sum(0)), len(diff)
+        gain = diff.sum(0) / total
+        return np.sqrt(((diff - gain * n) ** 2).sum(0) * m / max(1, m - 1)) / total
 
     def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17)) -> list[tuple[str, float]]:
         """Mean loss over position ranges of the window (1-based): 1, 2-4, 5-16, 17-end by default."""
