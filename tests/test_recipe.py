@@ -15,22 +15,18 @@ from conftest import TINY, assert_one_line_error, run_cli
 FAST = [*TINY, "--batch-size", "4", "--seq-windows", "2", "--eval-iters", "2", "--quiet", "--no-report"]
 
 
-def reference_orthogonal(x: torch.Tensor) -> torch.Tensor:
-    """Newton-Schulz for one matrix, written out plainly in float64."""
+def reference_muon_step(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, wd: float) -> None:
+    """Muon for one matrix, written out plainly: Nesterov momentum, Newton-Schulz in float64, RMS-matched scale."""
+    buf.mul_(0.95).add_(grad, alpha=0.05)
+    x = (grad * 0.05 + buf * 0.95).double()  # grad.lerp(buf, 0.95)
     tall = x.size(0) > x.size(1)
     x = x.T if tall else x
     x = x / (x.norm() + 1e-7)
     for _ in range(5):
         a = x @ x.T
         x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
-    return x.T if tall else x
-
-
-def reference_muon_step(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, wd: float) -> None:
-    """Muon for one matrix, written out plainly: Nesterov momentum, Newton-Schulz in float64, RMS-matched scale."""
-    buf.mul_(0.95).add_(grad, alpha=0.05)
-    x = (grad * 0.05 + buf * 0.95).double()  # grad.lerp(buf, 0.95)
-    p.mul_(1 - lr * wd).add_(reference_orthogonal(x).float(), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
+    x = x.T if tall else x
+    p.mul_(1 - lr * wd).add_(x.float(), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
