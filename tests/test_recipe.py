@@ -175,6 +175,10 @@ def test_every_preset_trains_exports_int8_and_runs(preset: str, corpus_file: Pat
                    "--model", preset, "--max-iters", "3", "--eval-iters", "1", "--quiet", "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert f"model: {preset} " in proc.stdout
+    from picogpt.train.presets import PRESETS
+
+    stored = torch.load(out / "ckpt.pt", weights_only=True)["train_config"]
+    assert (stored["batch_size"], stored["seq_windows"]) == (PRESETS[preset].batch_size, PRESETS[preset].seq_windows)
     onnx_path = tmp_path / f"{preset}.onnx"
     proc = run_cli("picogpt.export", str(out / "ckpt.pt"), "-o", str(onnx_path), "--quantize", "int8",
                    "--data", str(corpus_file))

@@ -40,8 +40,9 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @click.option("--max-minutes", type=float, default=None,
               help="Stop after this wall time; the LR schedule is fitted so its cooldown ends then.")
 @click.option("--batch-size", type=int, default=None, help="Sequences per step (default: the preset's).")
-@click.option("--seq-windows", type=int, default=TrainConfig.seq_windows, show_default=True,
-              help="Windows per training sequence (gradients flow through all their context vectors).")
+@click.option("--seq-windows", type=int, default=None,
+              help="Windows per training sequence (gradients flow through all their context vectors; default: the "
+                   "preset's, 3 for pico, 2 for the others).")
 @click.option("--cooldown-windows", type=int, default=TrainConfig.cooldown_windows, show_default=True,
               help="wsd: windows per sequence during the cooldown, at the same tokens per step (0: --seq-windows).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the preset's).")
@@ -69,7 +70,7 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @cli_errors
 def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki_config: str,
          val_percent: float, out: Path, model: str | None, optimizer: str, max_iters: int | None,
-         max_minutes: float | None, batch_size: int | None, seq_windows: int, cooldown_windows: int,
+         max_minutes: float | None, batch_size: int | None, seq_windows: int | None, cooldown_windows: int,
          lr: float | None, schedule: str, cooldown_frac: float, warmup_iters: int, eval_interval: int,
          eval_iters: int, threads: int | None, seed: int,
          resume: bool, overwrite: bool, context_len: int | None, n_layer: int | None, n_head: int | None,
@@ -84,7 +85,8 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
         config = None  # the checkpoint's model
     tc = TrainConfig(model=preset_of(config) if config else preset, optimizer=optimizer,
                      batch_size=PRESETS[preset].batch_size if batch_size is None else batch_size,
-                     seq_windows=seq_windows, cooldown_windows=cooldown_windows,
+                     seq_windows=PRESETS[preset].seq_windows if seq_windows is None else seq_windows,
+                     cooldown_windows=cooldown_windows,
                      lr=PRESETS[preset].lr if lr is None else lr,
                      schedule=schedule, cooldown_frac=cooldown_frac, warmup_iters=warmup_iters,
                      max_iters=TrainConfig.max_iters if max_iters is None else max_iters, eval_interval=eval_interval,
