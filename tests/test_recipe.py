@@ -153,6 +153,25 @@ def test_resume_refuses_another_optimizer_and_warns_of_ignored_flags(corpus_file
     assert ckpt["step"] == 4 and ckpt["train_config"]["optimizer"] == "adamw"
 
 
+@pytest.mark.parametrize("cost", [1.0, 1.5])
+def test_the_horizon_fit_prices_the_cooldown_steps(cost: float) -> None:
+    """The fitted horizon spends the time left (less the 2% margin) exactly: stable steps at the measured rate,
+    the last 30% at `cost` times it (a cooldown of longer sequences can cost more a step)."""
+    from picogpt.train.distributed import Dist
+    from picogpt.train.recipe import HorizonFitter, TrainConfig
+
+    tc = TrainConfig(cooldown_frac=0.3, eval_interval=10)
+    fitter = HorizonFitter(tc, budget_s=100.0, cap=None, cooldown_cost=cost)
+    horizon = 5000
+    for step in range(1, 5):  # the first fit, after 3 steps of 0.1 s (plus an eval's share)
+        horizon = fitter.refit(step, horizon, 0.1 * step, Dist())
+    for step in range(5, 41):  # refits at evals, 0.1 s a step
+        horizon = fitter.refit(step, horizon, 0.1 * step, Dist())
+    left = (100.0 - 4.0) * 0.98
+    spent = 0.1 * ((0.7 * horizon - 40) + cost * 0.3 * horizon)
+    assert abs(spent - left) < 0.1 * max(1.0, cost), (horizon, spent, left)
+
+
 def test_time_budget_ends_on_the_cooldown(corpus_file: Path, tmp_path: Path) -> None:
     """With --max-minutes the wsd schedule is fitted so the learning rate has cooled down when time is up."""
     out = tmp_path / "timed"

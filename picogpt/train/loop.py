@@ -191,6 +191,29 @@ class TrainingRun:
         self.window_tokens += self.tokens_per_step
         return loss, time.perf_counter() - t0
 
+    def cooldown_cost(self) -> float:
+        """Seconds of a cooldown step over a stable one, timed on random tokens (best of 2 each) with the gradients
+        dropped and torch's RNG restored, so the run's trajectory is untouched; 1.0 when the shape stays."""
+        rows, windows = step_shape(self.tc, self.horizon, self.horizon)
+        if windows == self.tc.seq_windows or not isinstance(self.data, TokenData):
+            return 1.0
+        rng_state, gen = torch.get_rng_state(), torch.Generator().manual_seed(0)
+
+        def seconds(shape: tuple[int, int]) -> float:
+            x = torch.randint(0, self.config.vocab_size, shape, generator=gen)
+            times = []
+            for _ in range(2):
+                t = time.perf_counter()
+                self.runner(x, x)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        stable = seconds((self.tc.batch_size, self.seq_len))
+        cost = seconds((rows, windows * self.config.context_len)) / stable
+        self.optimizer.zero_grad()
+        torch.set_rng_state(rng_state)
+        return cost
+
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
         """This step's training batch: longer sequences of fewer rows in a --cooldown-windows cooldown (text data;
         Wikipedia streams sequences of one length)."""
@@ -222,7 +245,8 @@ class TrainingRun:
         self.t0 = self.window_start = time.perf_counter()
         self.window_tokens, self.recent, self.record = 0, [], {}
         budget = opts.max_minutes * 60 if opts.max_minutes else None
-        fitter = HorizonFitter(tc, budget or 0.0, tc.max_iters if opts.max_iters_set else None)
+        fitter = HorizonFitter(tc, budget or 0.0, tc.max_iters if opts.max_iters_set else None,
+                               self.cooldown_cost() if budget is not None else 1.0)
         bar = tqdm(total=self.horizon, initial=self.step, disable=not opts.progress or not dist.is_main,
                    dynamic_ncols=True, desc="train")
         try:

@@ -146,11 +146,12 @@ class HorizonFitter:
     """With a time budget, fit the schedule's last step to the minutes, so the cooldown ends when time does.
 
     A first fit after 3 steps of this process, then a refit at every eval until the cooldown starts,
-    from the wall time per step since then (evals included). The horizon is stored in the checkpoint.
+    from the wall time per step since then (evals included). A cooldown step costs `cooldown_cost` stable
+    steps (its batch may hold longer sequences: timed before training). The horizon is stored in the checkpoint.
     """
 
-    def __init__(self, tc: TrainConfig, budget_s: float, cap: int | None) -> None:
-        self.tc, self.budget_s, self.cap = tc, budget_s, cap
+    def __init__(self, tc: TrainConfig, budget_s: float, cap: int | None, cooldown_cost: float = 1.0) -> None:
+        self.tc, self.budget_s, self.cap, self.cooldown_cost = tc, budget_s, cap, cooldown_cost
         self.seen, self.mark = 0, (0, 0.0)
 
     def refit(self, step: int, horizon: int, elapsed: float, dist: Dist) -> int:
@@ -163,6 +164,8 @@ class HorizonFitter:
         per_step = (elapsed - self.mark[1]) / (step - self.mark[0])
         if self.seen == 4:  # no eval measured yet: add its share (an eval batch costs ~1/3 of a step)
             per_step *= 1.0 + self.tc.eval_iters / 3 / self.tc.eval_interval
-        fitted = step + int((self.budget_s - elapsed) / per_step * 0.98)
+        # The time left buys (1 - f) H - step stable steps and f H cooldown steps at cooldown_cost each.
+        f = self.tc.cooldown_frac if self.tc.schedule == "wsd" else 0.0
+        fitted = int(((self.budget_s - elapsed) * 0.98 / per_step + step) / (1.0 - f + f * self.cooldown_cost))
         fitted = max(step + 1, min(self.cap, fitted) if self.cap else fitted)
         return dist.from_main(fitted)  # every rank must stop at the same step
