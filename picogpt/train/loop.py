@@ -193,7 +193,8 @@ class TrainingRun:
 
     def cooldown_cost(self) -> float:
         """Seconds of a cooldown step over a stable one, timed on random tokens (best of 2 each) with the gradients
-        dropped and torch's RNG restored, so the run's trajectory is untouched; 1.0 when the shape stays."""
+        dropped and torch's RNG restored, so the run's trajectory is untouched; 1.0 when the shape stays. Never
+        below 1: a cheaper cooldown only ends the run a little early, a timing that errs low would cut it off."""
         rows, windows = step_shape(self.tc, self.horizon, self.horizon)
         if windows == self.tc.seq_windows or not isinstance(self.data, TokenData):
             return 1.0
@@ -209,7 +210,7 @@ class TrainingRun:
             return min(times)
 
         stable = seconds((self.tc.batch_size, self.seq_len))
-        cost = seconds((rows, windows * self.config.context_len)) / stable
+        cost = max(1.0, seconds((rows, windows * self.config.context_len)) / stable)
         self.optimizer.zero_grad()
         torch.set_rng_state(rng_state)
         return cost
