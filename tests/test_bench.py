@@ -85,9 +85,18 @@ def test_train_speed_compares_optimizers_and_times_newton_schulz() -> None:
     proc = run_cli("picogpt.bench.train_speed", "--engines", "picogpt,picogpt-muon", "--rounds", "1", "--model",
                    "pico", "--batch-size", "2", "--seq-windows", "2", "--tokens", "1000", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
-    median = proc.stdout.strip().splitlines()[-1]
+    *_, verdict, median = proc.stdout.strip().splitlines()
     assert median.startswith("median tok/s, pico, batch 2 x 2 windows, 1 threads: picogpt ")
     assert "picogpt-muon" in median
+    # the 5% target is said with its margin, from the medians printed below it
+    adamw, muon = (float(median.split(f"{k} ")[1].split()[0].replace(",", "")) for k in ("picogpt", "picogpt-muon"))
+    cost = float(verdict.split("Muon: ")[1].split("%")[0])
+    assert cost == pytest.approx(100 * (1 - muon / adamw), abs=0.2)
+    assert "rounds" in verdict
+    if cost <= 5:
+        assert verdict.endswith("meets the 5% target")
+    else:
+        assert float(verdict.split("target by ")[1].split()[0]) == pytest.approx(cost - 5, abs=0.11)
     proc = run_cli("picogpt.bench.train_speed", "--newton-schulz", "--model", "pico", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     full, floor = (float(part.split(" ms")[0].split()[-1]) for part in proc.stdout.split(";"))
