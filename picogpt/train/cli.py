@@ -42,7 +42,7 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @click.option("--batch-size", type=int, default=None, help="Sequences per step (default: the preset's).")
 @click.option("--seq-windows", type=int, default=None,
               help="Windows per training sequence (gradients flow through all their context vectors; default: the "
-                   "preset's, 3 for pico, 2 for the others).")
+                   "preset's: " + ", ".join(f"{k} {p.seq_windows}" for k, p in PRESETS.items()) + ").")
 @click.option("--cooldown-windows", type=int, default=TrainConfig.cooldown_windows, show_default=True,
               help="wsd: windows per sequence during the cooldown, at the same tokens per step (0: --seq-windows).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the preset's).")
