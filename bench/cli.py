@@ -23,6 +23,7 @@ from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
 from picogpt.errors import PicoError, check_writable_file, cli_errors
 from picogpt.system import check_threads
+from picogpt.windows import check_overlap
 
 ORT_ENGINES = {"ort-fp32": "none", "ort-int8": "int8", "ort-int4": "int4"}
 
@@ -56,9 +57,21 @@ def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) 
     return models
 
 
-def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int) -> dict:
+def context_len_of(path: Path) -> int:
+    """The window length of a checkpoint or an exported file (what --overlap must stay under)."""
+    if path.suffix == ".onnx":
+        from picogpt.runtime.decoder import OnnxDecoder
+
+        return OnnxDecoder(path).config.context_len
+    from picogpt.checkpoint import read_checkpoint
+
+    return read_checkpoint(path).model.config.context_len
+
+
+def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int, overlap: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "picogpt.bench.engines", "--engine", engine, "--model", str(model),
-           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores]
+           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores,
+           *(["--overlap", str(overlap)] if overlap is not None else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise PicoError(f"engine {engine} failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}")
@@ -71,6 +84,8 @@ def summarize(runs: list[dict]) -> dict:
     s["p50_min"] = min(r["p50_ms"] for r in runs)
     s["p50_max"] = max(r["p50_ms"] for r in runs)
     s["size_mb"] = runs[0]["size_mb"]
+    s["overlap"] = runs[0].get("overlap", 0)
+    s["overlap_share"] = statistics.median(r.get("overlap_share", 0.0) for r in runs)
     s["rounds"] = len(runs)
     return s
 
@@ -112,13 +127,15 @@ def main() -> None:
               help="Generated per engine per round (>= 1,280 crosses 10 windows).")
 @click.option("--naive-tokens", type=click.IntRange(min=3), default=30, show_default=True,
               help="torch-naive recomputes 1,280 characters per token: it is timed on fewer tokens.")
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads (default: each file's own; 0 = the plain protocol).")
 @click.option("--quick", is_flag=True, help="< 60 s: 2 rounds, 300 tokens, 1 thread.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
 @cli_errors
 def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
-         tokens: int, naive_tokens: int, quick: bool, json_path: Path | None, md_path: Path | None,
+         tokens: int, naive_tokens: int, overlap: int | None, quick: bool, json_path: Path | None, md_path: Path | None,
          plot_path: Path | None) -> None:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
     from picogpt.bench.report import print_table, write_markdown, write_plot
@@ -139,6 +156,9 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     for p in [checkpoint, *onnx_files]:
         if p is not None and not p.is_file():
             raise PicoError(f"file not found: {p}")
+    for p in [checkpoint, *onnx_files] if overlap is not None else []:
+        if p is not None:
+            check_overlap(overlap, context_len_of(p))
     if quick:
         rounds, tokens, naive_tokens, threads = min(rounds, 2), 300, 5, threads[:1]
     if checkpoint is not None and not have_torch():
@@ -159,7 +179,7 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
             for t in threads:
                 for engine, path in models.items():
                     n = naive_tokens if engine == "torch-naive" else tokens
-                    raw.setdefault((engine, t), []).append(run_engine(engine, path, t, cores, n))
+                    raw.setdefault((engine, t), []).append(run_engine(engine, path, t, cores, n, overlap))
             click.echo(f"round {r + 1}/{rounds} done", err=True)
         rows = build_rows(raw, models, machine)
     finally:

@@ -19,10 +19,10 @@ import string  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from picogpt.generation import generate_ids, prefill  # noqa: E402
+from picogpt.generation import GenerationStats, generate_ids, prefill  # noqa: E402
 from picogpt.sampling import Sampler, SamplingConfig  # noqa: E402
 from picogpt.tokenizer import CharTokenizer  # noqa: E402
-from picogpt.windows import STREAM_WINDOWS  # noqa: E402
+from picogpt.windows import STREAM_WINDOWS, resolve_overlap  # noqa: E402
 
 ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4")
 SAMPLING = SamplingConfig(temperature=0.8)
@@ -41,8 +41,8 @@ class NaiveTorchDecoder:
     """torch without a cache, as a user's first loop would run it: every token recomputes the last
     10 windows of text (the usable context). It implements the decoder interface of picogpt.generation."""
 
-    def __init__(self, model) -> None:
-        self.model, self.config = model, model.config
+    def __init__(self, model, overlap: int) -> None:
+        self.model, self.config, self.overlap = model, model.config, overlap
         self.crop = STREAM_WINDOWS * model.config.context_len
 
     def new_state(self, batch: int = 1) -> list[list[int]]:
@@ -54,12 +54,13 @@ class NaiveTorchDecoder:
         for row, new in zip(text, np.asarray(ids).tolist()):
             row.extend(new)
         with torch.inference_mode():
-            logits, _ = self.model(torch.tensor([row[-self.crop :] for row in text]))
+            logits, _ = self.model(torch.tensor([row[-self.crop :] for row in text]), overlap=self.overlap)
         return logits[:, -1].numpy()
 
 
-def load_decoder(engine: str, path: str, threads: int):
-    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, or onnxruntime over a file."""
+def load_decoder(engine: str, path: str, threads: int, overlap: int | None = None):
+    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, or onnxruntime over a file.
+    `overlap`: what a new window re-reads (default: the file's; for a checkpoint, the exporter's default)."""
     if engine.startswith("torch"):
         import torch
 
@@ -68,10 +69,11 @@ def load_decoder(engine: str, path: str, threads: int):
 
         torch.set_num_threads(threads)
         model = read_checkpoint(path).model
-        return NaiveTorchDecoder(model) if engine == "torch-naive" else TorchDecoder(model)
+        k = resolve_overlap(overlap, model.config.context_len)
+        return NaiveTorchDecoder(model, k) if engine == "torch-naive" else TorchDecoder(model, k)
     from picogpt.runtime.decoder import OnnxDecoder
 
-    return OnnxDecoder(path, threads=threads)
+    return OnnxDecoder(path, threads=threads, overlap=overlap)
 
 
 def peak_rss_mb() -> float:
@@ -87,8 +89,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int = 5) -> dict:
-    decoder = load_decoder(engine, path, threads)
+def measure(engine: str, path: str, threads: int, tokens: int, overlap: int | None = None,
+            prefill_reps: int = 5) -> dict:
+    decoder = load_decoder(engine, path, threads, overlap)
     load_s = time.perf_counter() - _T0
     prompt = np.array([prompt_ids(128)], dtype=np.int64)
     times = []
@@ -100,9 +103,9 @@ def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int
     # naive: measured in steady state, with the cropped context already full
     start = np.array([prompt_ids(decoder.crop, seed=1)], dtype=np.int64) if engine == "torch-naive" else prompt
     sampler = Sampler(SAMPLING, decoder.config.vocab_size, seed=0)
-    per_token, last = [], None
+    per_token, last, stats = [], None, GenerationStats()
     t_all = time.perf_counter()
-    for _ in generate_ids(decoder, start, tokens + 1, sampler):  # the time between two ids: feed + sample
+    for _ in generate_ids(decoder, start, tokens + 1, sampler, stats=stats):  # the time between two ids: feed + sample
         now = time.perf_counter()
         if last is None:
             t_all = now
@@ -115,7 +118,7 @@ def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int
         "engine": engine, "threads": threads, "load_s": load_s, "prefill_ms": prefill_ms,
         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
         "p99_ms": float(np.percentile(ms, 99)), "tokens": tokens, "tokens_per_s": tokens / total,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "overlap": decoder.overlap, "overlap_share": stats.overlap_share,
         "size_mb": os.path.getsize(path) / 1e6,
     }
 
@@ -127,10 +130,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="")
     p.add_argument("--tokens", type=int, default=1400)
+    p.add_argument("--overlap", type=int, default=None)
     a = p.parse_args()
     if a.cores:
         os.sched_setaffinity(0, {int(c) for c in a.cores.split(",")})
-    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens)))
+    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens, a.overlap)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import click
 from picogpt.config import GPTConfig
 from picogpt.errors import PicoError, check_writable_file, cli_errors, make_output_dir
 from picogpt.system import check_threads
-from picogpt.windows import STREAM_WINDOWS
+from picogpt.windows import STREAM_WINDOWS, check_overlap, resolve_overlap
 
 # name -> (picogpt-train arguments, presets it runs with; None = the arguments fix the shape)
 RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
@@ -40,8 +40,10 @@ RECIPES: dict[str, tuple[list[str], list[str] | None]] = {
 SEQ_CHARS = STREAM_WINDOWS * GPTConfig.context_len  # the streaming protocol's sequence: 1,280 characters
 
 
-def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
-    """Full-val cross-entropy, carried and zeroed, per window and per window position (run in a child)."""
+def score_checkpoint(ckpt: Path, data: str | None, threads: int, overlap: int | None = None) -> dict:
+    """Full-val cross-entropy, carried and zeroed, per window and by characters of context, each window after
+    the first re-reading `overlap` characters as generation does; `plain`: the score without them (run in a
+    child)."""
     import torch
 
     from picogpt.checkpoint import read_checkpoint
@@ -55,37 +57,53 @@ def score_checkpoint(ckpt: Path, data: str | None, threads: int) -> dict:
     if (DataConfig.from_checkpoint(loaded.state) or DataConfig()).dataset == "wikipedia":
         raise PicoError("the quality benchmark scores a text split; this checkpoint was trained on Wikipedia")
     val = load_token_data(data, tokenizer, SEQ_CHARS, "data")[0].val
-    carried, zeroed = (stream_score(model, val, SEQ_CHARS, carry=c) for c in (True, False))
-    return {"val_loss": carried.mean, "zeroed": zeroed.mean, "targets": int(carried.counts.sum()),
+    overlap = resolve_overlap(overlap, model.config.context_len)
+    carried, zeroed = (stream_score(model, val, SEQ_CHARS, carry=c, overlap=overlap) for c in (True, False))
+    plain = stream_score(model, val, SEQ_CHARS, overlap=0).mean if overlap else carried.mean
+    return {"val_loss": carried.mean, "zeroed": zeroed.mean, "plain": plain, "overlap": overlap,
+            "early_excess": carried.early_excess(), "targets": int(carried.counts.sum()),
             "per_window": carried.per_window().tolist(), "per_window_zeroed": zeroed.per_window().tolist(),
             "per_window_gain_se": zeroed.gain_se(carried).tolist(),
             "per_position": carried.per_position()}
 
 
-def score_onnx(path: Path, data: str | None, threads: int) -> dict:
-    """Full-val cross-entropy of an exported file, streamed through the runtime's decoder (torch-free):
-    the val text in consecutive 1,280-character sequences, all of them fed in lockstep one id a step."""
-    import numpy as np
-
+def score_onnx(path: Path, data: str | None, threads: int, overlap: int | None = None) -> dict:
+    """Full-val cross-entropy of an exported file, streamed through the runtime's decoder (torch-free) with
+    the file's overlap (or `overlap`) and with none: the val text in consecutive 1,280-character sequences,
+    all of them fed in lockstep one id a step."""
     from picogpt.data.text import load_token_data
     from picogpt.runtime.decoder import OnnxDecoder
+
+    dec = OnnxDecoder(path, threads=threads, overlap=overlap)
+    val = load_token_data(data, dec.tokenizer, SEQ_CHARS, "data")[0].val
+    total, count = runtime_loss(dec, val)
+    plain = runtime_loss(OnnxDecoder(path, threads=threads, overlap=0), val)[0] / count if dec.overlap else None
+    return {"file": str(path), "val_loss": total / count, "plain": plain if plain is not None else total / count,
+            "overlap": dec.overlap, "targets": count, "quantization": dec.metadata.get("quantization", "none")}
+
+
+def runtime_loss(dec, val) -> tuple[float, int]:
+    """Sum of cross-entropies and target count of `val`, fed through `dec` one id a step."""
+    import numpy as np
+
     from picogpt.windows import stream_batches
 
-    dec = OnnxDecoder(path, threads=threads)
-    val = load_token_data(data, dec.tokenizer, SEQ_CHARS, "data")[0].val
     total, count = 0.0, 0
-    for xs, ys in stream_batches(val, SEQ_CHARS, batch_size=64):  # 64 streams in lockstep bound the memory
+    # 64 streams in lockstep bound the memory; each reads its lead (the overlap before it) unscored
+    for xs, ys, lead in stream_batches(val, SEQ_CHARS, batch_size=64, lead=dec.overlap):
         state = dec.new_state(xs.shape[0])
-        for t in range(xs.shape[1]):
-            logits = dec.feed(xs[:, t : t + 1], state).astype(np.float64)
+        if lead:
+            dec.feed(xs[:, :lead], state)
+        for t in range(ys.shape[1]):
+            logits = dec.feed(xs[:, lead + t : lead + t + 1], state).astype(np.float64)
             logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
             total += float((logz - logits[np.arange(len(ys)), ys[:, t]]).sum())
             count += len(ys)
-    return {"file": str(path), "val_loss": total / count, "targets": count,
-            "quantization": dec.metadata.get("quantization", "none")}
+    return total, count
 
 
-def run_one(recipe: str, preset: str | None, minutes: float, out: Path, data: str | None, threads: int) -> dict:
+def run_one(recipe: str, preset: str | None, minutes: float, out: Path, data: str | None, threads: int,
+            overlap: int | None = None) -> dict:
     """Train one (recipe, preset) for `minutes` in a child process, then score it in another."""
     args, _ = RECIPES[recipe]
     cmd = [sys.executable, "-m", "picogpt.train", "--out", str(out), "--max-minutes", str(minutes), "--quiet",
@@ -100,7 +118,8 @@ def run_one(recipe: str, preset: str | None, minutes: float, out: Path, data: st
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     header = proc.stdout.splitlines()[0]
     score_cmd = [sys.executable, "-m", "picogpt.bench.quality", "--score", str(out / "ckpt.pt"),
-                 "--threads", str(threads), *(["--data", data] if data else [])]
+                 "--threads", str(threads), *(["--overlap", str(overlap)] if overlap is not None else []),
+                 *(["--data", data] if data else [])]
     scored = subprocess.run(score_cmd, capture_output=True, text=True)
     if scored.returncode != 0:
         raise PicoError(f"{recipe}/{preset}: scoring failed: {(scored.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -125,11 +144,12 @@ def worse_windows(row: dict) -> int:
 
 def table_lines(rows: list[dict]) -> list[str]:
     """A markdown table of the runs, best val loss first within each budget."""
-    lines = ["| min | recipe | preset | params | steps | tok/s | val (carried) | val (zeroed) | windows 2+ worse | "
-             "least gain, windows 2+ (± se) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| min | recipe | preset | params | steps | tok/s | val (overlap) | val (plain) | val (zeroed) | "
+             "windows 2+ worse | least gain, windows 2+ (± se) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["minutes"], r["val_loss"])):
         lines.append(f"| {r['minutes']:g} | {r['recipe']} | {r['preset']} | {r['params_m']:.2f}M | {r['steps']:,} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['val_loss']:.4f} | {r['zeroed']:.4f} | {worse_windows(r)} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['val_loss']:.4f} ({r.get('overlap', 0)}) | "
+                     f"{r.get('plain', r['val_loss']):.4f} | {r['zeroed']:.4f} | {worse_windows(r)} | "
                      f"{least_gain(r)} |")
     return lines
 
@@ -200,26 +220,32 @@ def plan(recipes: list[str], presets: list[str] | None) -> list[tuple[str, str |
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
 @click.option("--onnx", "onnx_files", type=click.Path(path_type=Path), multiple=True,
               help="Only score these exported files on the full val split through the runtime (no training).")
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads (default: a file's own; a quarter of a window for a "
+                   "trained run).")
 @cli_errors
 def quality(minutes_text: str, recipes: str, presets: str | None, data: str | None, threads: int, out: Path,
             json_path: Path | None, md_path: Path | None, plot_path: Path | None,
-            onnx_files: tuple[Path, ...]) -> None:
+            onnx_files: tuple[Path, ...], overlap: int | None) -> None:
     """Train each recipe for the same wall time, one after another, and score each on the full val split."""
     for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
         check_writable_file(path, flag)
     if onnx_files:
         scores = []
         for f in onnx_files:
-            r = score_onnx(f, data, threads)
+            r = score_onnx(f, data, threads, overlap)
             scores.append({"file": str(f), **r})
-            click.echo(f"{f}: val {r['val_loss']:.4f} on {r['targets']:,} characters ({r['quantization']}, "
-                       "streamed through the runtime in 1,280-character sequences)")
+            click.echo(f"{f}: val {r['val_loss']:.4f} with overlap {r['overlap']}, {r['plain']:.4f} plain, on "
+                       f"{r['targets']:,} characters ({r['quantization']}, streamed through the runtime in "
+                       "1,280-character sequences)")
         if json_path:
             json_path.write_text(json.dumps(scores, indent=2))
         return
     from picogpt.bench.system_info import busy_report, machine_report
 
     check_threads(threads)
+    if overlap is not None:
+        check_overlap(overlap, GPTConfig.context_len)
     make_output_dir(out)
     minutes = parse_minutes(minutes_text)
     runs = plan([r for r in recipes.split(",") if r], presets.split(",") if presets else None)
@@ -233,7 +259,8 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
             if busy:
                 click.echo(f"warning: the machine is busy ({busy}); this run's figures are unreliable", err=True)
             click.echo(f"training {recipe}/{preset or 'custom'} for {m:g} min ...", err=True)
-            rows.append(run_one(recipe, preset, m, out / f"{recipe}-{preset or 'custom'}-{m:g}min", data, threads))
+            rows.append(run_one(recipe, preset, m, out / f"{recipe}-{preset or 'custom'}-{m:g}min", data, threads,
+                                overlap))
             click.echo(f"  val {rows[-1]['val_loss']:.4f} (zeroed {rows[-1]['zeroed']:.4f}) "
                        f"after {rows[-1]['steps']:,} steps", err=True)
     lines = table_lines(rows)
@@ -250,8 +277,9 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
 @click.option("--score", "ckpt", type=click.Path(path_type=Path), required=True)
 @click.option("--data", default=None)
 @click.option("--threads", type=int, default=2)
-def _child(ckpt: Path, data: str | None, threads: int) -> None:
-    print(json.dumps(score_checkpoint(ckpt, data, threads)))
+@click.option("--overlap", type=int, default=None)
+def _child(ckpt: Path, data: str | None, threads: int, overlap: int | None) -> None:
+    print(json.dumps(score_checkpoint(ckpt, data, threads, overlap)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def build_files(loaded: Loaded, work: Path, methods: list[str], layout: str = "fused", opset: int = 18,
-                log: Callable[[str], None] = lambda _: None, calibration: np.ndarray | None = None) -> dict[str, Path]:
+                log: Callable[[str], None] = lambda _: None, calibration: np.ndarray | None = None,
+                overlap: int | None = None) -> dict[str, Path]:
     """Write `work/fp32.onnx` and one `work/<method>.onnx` per method; returns {"none" | method: path}.
     `calibration` [B, T] ids of training text are needed by the CALIBRATED methods (int4-gptq)."""
     needs_text = [m for m in methods if m in CALIBRATED]
@@ -43,7 +44,7 @@ def build_files(loaded: Loaded, work: Path, methods: list[str], layout: str = "f
 
     def meta(quant: str) -> dict[str, str]:
         return metadata_dict(loaded.model.config, loaded.tokenizer, quant, loaded.step, loaded.val_loss, None,
-                             layout)
+                             layout, overlap)
 
     set_metadata(fp32, meta("none"))
     files = {"none": fp32}

@@ -38,6 +38,7 @@ from picogpt.export.verify import (
 from picogpt.generation import greedy_text
 from picogpt.runtime.decoder import OnnxDecoder
 from picogpt.system import check_threads
+from picogpt.windows import resolve_overlap
 
 CALIBRATION_SEQUENCES, CALIBRATION_WINDOWS = 64, 3  # GPTQ's calibration: 64 x 384 training characters
 
@@ -158,9 +159,12 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
               help="onnxruntime threads for verification and timing.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the verification table and the chosen quantization as JSON.")
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads, written into the file for the runtime and the page "
+                   "(default: a quarter of a window, 32 of 128; 0 = the plain protocol).")
 @cli_errors
 def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool, data: str | None,
-         threads: int, json_path: Path | None) -> None:
+         threads: int, json_path: Path | None, overlap: int | None) -> None:
     """Export a checkpoint to one self-describing ONNX file (prefill + decode with the context vector)."""
     import onnx
     import torch
@@ -170,6 +174,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     check_threads(threads)
     loaded = read_checkpoint(checkpoint)
     cfg = loaded.model.config
+    overlap = resolve_overlap(overlap, cfg.context_len)
     why = fused_unsupported(cfg) if layout == "fused" else None
     if why:
         raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
@@ -188,7 +193,8 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
         if method == "auto" and calibration is None:
             wanted = [m for m in wanted if m not in CALIBRATED]
             click.echo(f"note: no text for calibration (--data); auto leaves out {', '.join(CALIBRATED)}", err=True)
-        candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo, calibration=calibration)
+        candidates = build_files(loaded, work, wanted, layout, opset, log=click.echo, calibration=calibration,
+                                 overlap=overlap)
 
         results = verify_candidates(loaded, candidates, splits, threads) if verify or method == "auto" else {}
         chosen = method
@@ -199,7 +205,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
         decoder = OnnxDecoder(final, threads=threads)
         fingerprint = greedy_text(decoder, decoder.tokenizer, FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
         set_metadata(final, metadata_dict(cfg, loaded.tokenizer, chosen, loaded.step, loaded.val_loss, fingerprint,
-                                          layout))
+                                          layout, overlap))
         onnx.checker.check_model(str(final))
         os.replace(final, output)  # only a verified file ever appears at the output path
         click.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, quantization {chosen})")

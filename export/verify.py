@@ -75,11 +75,11 @@ def compare(model: GPT, path: Path, name: str, ids: np.ndarray, real_text: bool,
     """Compare `path` with `model` on ids [B, N+1] (inputs and next-char targets) and a greedy run."""
     decoder = OnnxDecoder(path, threads=threads)
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    ref, _ = model(torch.from_numpy(inputs))
+    ref, _ = model(torch.from_numpy(inputs), overlap=decoder.overlap)
     ref = ref.numpy()
     got = onnx_logits(decoder, inputs)
     agree = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    torch_text = greedy_ids(TorchDecoder(model), prompt_ids, greedy_len)
+    torch_text = greedy_ids(TorchDecoder(model, decoder.overlap), prompt_ids, greedy_len)
     onnx_text = greedy_ids(decoder, prompt_ids, greedy_len)
     same = next((i for i, (a, b) in enumerate(zip(torch_text, onnx_text)) if a != b), greedy_len)
     return Parity(

@@ -24,6 +24,7 @@ from typing import Any
 from picogpt.config import GPTConfig
 from picogpt.errors import PicoError
 from picogpt.tokenizer import CharTokenizer
+from picogpt.windows import resolve_overlap
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 files are the portable layout without a `layout` key
@@ -134,6 +135,7 @@ def metadata_dict(
     val_loss: float | None,
     fingerprint: str | None,
     layout: str = "fused",
+    overlap: int | None = None,
 ) -> dict[str, str]:
     """The `picogpt.*` metadata_props of an exported file (all values are strings)."""
     inputs, outputs = io_names(layout, config.n_layer)
@@ -141,7 +143,8 @@ def metadata_dict(
         "slot_id": slot_id(config), "context_len": config.context_len, "n_positions": config.n_positions,
         "rule": "new window: feed [slot_id, ids...] at position 0 and context = previous window's "
                 "hidden_sum / n_positions (zeros for the first window); positions number on from the rows "
-                "already in the window",
+                "already in the window; a window that follows a full one feeds [slot_id, the stream's last "
+                "`overlap` ids, new ids...]",
         "cache": "fixed buffers of n_positions rows, bound as past and present alike (written in place); "
                  "seqlens_k = pos + new - 1, total_sequence_length = pos + new" if layout == "fused" else
                  "present = past with the new rows appended; an empty cache starts a window",
@@ -153,5 +156,6 @@ def metadata_dict(
         "protocol": json.dumps(protocol), "quantization": quantization,
         "step": "" if step is None else step, "val_loss": "" if val_loss is None else f"{val_loss:.6f}",
         "fingerprint": json.dumps({"prompt": FINGERPRINT_PROMPT, "greedy": fingerprint or ""}),
+        "overlap": resolve_overlap(overlap, config.context_len),
     }
     return {META_PREFIX + k: str(v) for k, v in meta.items()}

@@ -40,10 +40,21 @@ class GenerationStats:
     prefill_s: float = 0.0
     tokens: int = 0
     decode_s: float = 0.0  # from the first new id to the last: tokens - 1 steps
+    rollovers: int = 0  # steps that started a new window (re-reading the overlap)
+    rollover_s: float = 0.0  # the time of those steps
 
     @property
     def ms_per_token(self) -> float:
         return 1000 * self.decode_s / max(1, self.tokens - 1)
+
+    @property
+    def overlap_share(self) -> float:
+        """The share of decode time spent re-reading overlaps: roll-over steps beyond an ordinary step's time."""
+        plain = self.tokens - 1 - self.rollovers
+        if not self.rollovers or plain <= 0 or self.decode_s <= 0:
+            return 0.0
+        step = (self.decode_s - self.rollover_s) / plain
+        return max(0.0, self.rollover_s - self.rollovers * step) / self.decode_s
 
 
 def check_request(max_new_tokens: int, num_samples: int = 1, seed: int | None = None,
@@ -86,7 +97,7 @@ def generate_ids(decoder: Decoder, prompt_ids: np.ndarray, max_new_tokens: int, 
     """Yield the next ids [B] per step after `prompt_ids` [B, T]; `state` (if given) continues a stream and
     `sampler` keeps its repetition history, so a caller can go on where an earlier call stopped."""
     stats = stats if stats is not None else GenerationStats()
-    stats.prompt_ids, stats.tokens = prompt_ids.shape[1], 0
+    stats.prompt_ids, stats.tokens, stats.rollovers, stats.rollover_s = prompt_ids.shape[1], 0, 0, 0.0
     state = state if state is not None else decoder.new_state(prompt_ids.shape[0])
     sampler.observe(prompt_ids)
     t0 = time.perf_counter()
@@ -99,7 +110,11 @@ def generate_ids(decoder: Decoder, prompt_ids: np.ndarray, max_new_tokens: int, 
         stats.tokens, stats.decode_s = i + 1, time.perf_counter() - first
         yield nxt
         if i + 1 < max_new_tokens:
+            rolls = getattr(state, "pos", None) == decoder.config.n_positions  # this id starts a new window
+            t = time.perf_counter()
             logits = decoder.feed(nxt[:, None], state)
+            if rolls:
+                stats.rollovers, stats.rollover_s = stats.rollovers + 1, stats.rollover_s + time.perf_counter() - t
 
 
 def greedy_ids(decoder: Decoder, prompt_ids: list[int], n: int) -> list[int]:

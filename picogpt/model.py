@@ -5,7 +5,8 @@ sequence. Each window is fed as `[slot, c_1 .. c_T]`: the slot's input embedding
 context vector, the mean of the previous window's final-LayerNorm hidden states (slot
 included), or zeros for the first window. Attention is causal inside a window; windows only
 talk through the slot. Position j of a window (1..T) predicts the character after c_j, so the
-slot's own output is never scored and every target is counted exactly once.
+slot's own output is never scored and every target is counted exactly once. With an overlap K, a
+window after the first re-reads the K characters before its new ones (unscored), as generation does.
 
 Three entry points that agree (tests check it):
   * `forward_window`  one window, no cache;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,9 +29,10 @@ from torch.nn import functional as F
 from picogpt.config import GPTConfig
 from picogpt.generation import generate_ids
 from picogpt.sampling import Sampler, SamplingConfig
-from picogpt.windows import plan_chunks
+from picogpt.windows import chunk_ids, keep_recent, plan_chunks, resolve_overlap, window_spans
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+_cat = partial(torch.cat, dim=1)
 
 
 class LayerNorm(nn.Module):
@@ -46,21 +49,15 @@ class LayerNorm(nn.Module):
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
     """Boolean mask aligned bottom-right: query i (the newest q_len of k_len) sees keys <= its own position.
-
-    `scaled_dot_product_attention(is_causal=True)` aligns top-left, which is wrong as soon as
-    a KV cache makes k_len > q_len, so with a cache the mask is built explicitly.
-    """
+    (`scaled_dot_product_attention(is_causal=True)` aligns top-left: wrong once a cache makes k_len > q_len.)"""
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
     return k_pos <= q_pos
 
 
 class Linear(nn.Linear):
-    """nn.Linear computed as a matmul plus an in-place bias add.
-
-    Same parameters and names as nn.Linear; on this class of CPU, `addmm` (what F.linear
-    uses with a bias) measured ~1.5x slower than `mm` followed by a broadcast add.
-    """
+    """nn.Linear (same parameters and names) computed as a matmul plus an in-place bias add: on CPU, `addmm`
+    (what F.linear uses with a bias) can be much slower than `mm` followed by a broadcast add."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(x, self.weight.t())
@@ -126,17 +123,15 @@ class Block(nn.Module):
 
 @dataclass
 class DecodeState:
-    """Everything `GPT.decode` carries between calls, for a batch of streams in lockstep.
-
-    `pos` counts the positions already filled in the current window (slot included);
-    `hidden_sum` is the running sum of their `ln_f` outputs, so the next window's context
-    vector is `hidden_sum / pos` without recomputing anything.
-    """
+    """Everything `GPT.decode` carries between calls, for a batch of streams in lockstep. `pos` counts the
+    positions filled in the current window (slot included); `hidden_sum` sums their `ln_f` outputs, so the
+    next window's context vector is `hidden_sum / pos` without recomputing anything."""
 
     context: torch.Tensor  # [B, E] this window's context vector
     hidden_sum: torch.Tensor  # [B, E]
     past: KVCache | None = None
     pos: int = 0
+    recent: torch.Tensor | None = None  # [B, <= overlap] the stream's last ids, re-read by the next window
 
 
 class GPT(nn.Module):
@@ -207,24 +202,29 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        overlap: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequence idx [B,N] of any length, windows chained -> logits [B,N,V], mean CE loss.
 
-        The loss averages the cross-entropy of every target exactly once (B*N terms).
-        Gradients flow through the whole chain of context vectors.
+        The loss averages the cross-entropy of every target exactly once (B*N terms). With `overlap`,
+        each window after the first re-reads the `overlap` characters before its new ones, as generation
+        does. Gradients flow through the whole chain of context vectors.
         """
-        logits = torch.cat([w for w, _ in self.iter_windows(idx, context)], dim=1)
+        logits = torch.cat([w for w, _ in self.iter_windows(idx, context, overlap=overlap)], dim=1)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def iter_windows(self, idx: torch.Tensor, context: torch.Tensor | None = None, carry: bool = True):
-        """Yield (logits, hidden) per window; `carry=False` zeroes every context vector (ablation)."""
+    def iter_windows(self, idx: torch.Tensor, context: torch.Tensor | None = None, carry: bool = True,
+                     overlap: int = 0):
+        """Yield (logits of the window's new characters, hidden incl. the slot and replayed rows) per window;
+        `carry=False` zeroes every context vector (ablation)."""
         ctx = self.zero_context(idx.size(0)) if context is None else context
-        for start in range(0, idx.size(1), self.config.context_len):
-            logits, hidden = self.forward_window(idx[:, start : start + self.config.context_len], ctx)
-            yield logits, hidden
+        n = self.config.context_len
+        for start, replay in window_spans(idx.size(1), n, overlap):
+            logits, hidden = self.forward_window(idx[:, start - replay : start - replay + n], ctx)
+            yield logits[:, replay:], hidden
             ctx = hidden.mean(dim=1) if carry else torch.zeros_like(ctx)
 
     # ---- (c) incremental decode ---------------------------------------------------------------
@@ -232,18 +232,20 @@ class GPT(nn.Module):
         ctx = self.zero_context(batch) if context is None else context
         return DecodeState(context=ctx, hidden_sum=torch.zeros_like(ctx))
 
-    def decode(self, idx: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+    def decode(self, idx: torch.Tensor, state: DecodeState, overlap: int = 0) -> tuple[torch.Tensor, DecodeState]:
         """Feed new ids [B,T] (T>=1) after `state`; return the logits [B,V] for the next id.
 
         Crosses window boundaries as needed: when a window is full, the next one starts with
-        the slot whose embedding is the mean `hidden_sum / pos` of the finished window.
+        the slot whose embedding is the mean `hidden_sum / pos` of the finished window, then
+        re-reads the stream's last `overlap` ids (one `overlap` for the whole stream).
         """
         last_hidden = None
-        for chunk in plan_chunks(state.pos, idx.size(1), self.config.context_len):
+        recent = idx[:, :0] if state.recent is None else state.recent
+        for chunk in plan_chunks(state.pos, idx.size(1), self.config.context_len, overlap):
             if chunk.roll_over:
                 ctx = state.hidden_sum / state.pos
                 state = DecodeState(context=ctx, hidden_sum=torch.zeros_like(ctx))
-            x = self.transformer.wte(idx[:, chunk.start : chunk.start + chunk.take])
+            x = self.transformer.wte(chunk_ids(chunk, idx, recent, _cat))
             if chunk.with_slot:
                 x = torch.cat([state.context[:, None, :], x], dim=1)
             hidden, past = self.run_blocks(x, chunk.pos, state.past)
@@ -251,21 +253,21 @@ class GPT(nn.Module):
             last_hidden = hidden[:, -1]
         if last_hidden is None:
             raise ValueError("decode needs at least one new id")
+        state.recent = keep_recent(recent, idx, overlap, _cat)
         return self.lm_head(last_hidden), state
 
     def generate(self, prompt_ids: list[int] | list[list[int]], max_new_tokens: int,
-                 sampling: SamplingConfig | None = None, seed: int | None = None) -> list[list[int]]:
-        """Sample `max_new_tokens` ids after each prompt (one list or a batch of equal-length lists).
-
-        O(1) work per new token: one cached decode step each, never recomputing the text. The loop and the
-        sampler are the ones the ONNX runtime uses (picogpt.generation), so both give the same text.
-        """
+                 sampling: SamplingConfig | None = None, seed: int | None = None, overlap: int | None = None
+                 ) -> list[list[int]]:
+        """Sample `max_new_tokens` ids after each prompt (one list or a batch of equal-length lists): one cached
+        decode step a token, with the loop and sampler the ONNX runtime uses (picogpt.generation): the same text."""
         single = not prompt_ids or isinstance(prompt_ids[0], int)
         batch = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         if len({len(p) for p in batch}) != 1 or not batch[0]:
             raise ValueError("prompts must be non-empty and of equal length")
         sampler = Sampler(sampling or SamplingConfig(), self.config.vocab_size, seed=seed)
-        steps = list(generate_ids(TorchDecoder(self), np.asarray(batch, dtype=np.int64), max_new_tokens, sampler))
+        ids = np.asarray(batch, dtype=np.int64)
+        steps = list(generate_ids(TorchDecoder(self, overlap), ids, max_new_tokens, sampler))
         return np.stack(steps, axis=1).tolist() if steps else [[] for _ in batch]
 
 
@@ -275,12 +277,17 @@ class TorchStream:
 
     state: DecodeState
 
+    @property
+    def pos(self) -> int:
+        return self.state.pos
+
 
 class TorchDecoder:
     """The decoder interface of picogpt.generation over `GPT.decode`: numpy ids in, numpy logits out."""
 
-    def __init__(self, model: GPT) -> None:
-        self.model, self.config = model, model.config
+    def __init__(self, model: GPT, overlap: int | None = None) -> None:
+        """`overlap`: characters a new window re-reads (default: what picogpt-export writes into a file)."""
+        self.model, self.config, self.overlap = model, model.config, resolve_overlap(overlap, model.config.context_len)
 
     def new_state(self, batch: int = 1) -> TorchStream:
         return TorchStream(self.model.new_state(batch))
@@ -288,5 +295,5 @@ class TorchDecoder:
     @torch.inference_mode()
     def feed(self, ids: np.ndarray, stream: TorchStream) -> np.ndarray:
         idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.model.lm_head.weight.device)
-        logits, stream.state = self.model.decode(idx, stream.state)
+        logits, stream.state = self.model.decode(idx, stream.state, self.overlap)
         return logits.float().cpu().numpy()

@@ -47,6 +47,8 @@ def stream_to_stdout(gen: Generator, text: str, max_new: int, sampling: Sampling
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads from the text before it (default: the file's; 0 = none).")
 @click.option("--num-samples", type=int, default=1, show_default=True)
 @click.option("--interactive", is_flag=True, help="REPL: each line continues the same stream.")
 @click.option("--chat", is_flag=True, help="Wrap prompts as '<Q> ... </Q>\\n<A>' and stop at '</A>'.")
@@ -55,13 +57,13 @@ def stream_to_stdout(gen: Generator, text: str, max_new: int, sampling: Sampling
 @cli_errors
 def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperature: float, top_k: int | None,
          top_p: float, repetition_penalty: float, seed: int | None, stop: tuple[str, ...], threads: int,
-         num_samples: int, interactive: bool, chat: bool, verify: bool, stats: bool) -> None:
+         overlap: int | None, num_samples: int, interactive: bool, chat: bool, verify: bool, stats: bool) -> None:
     """Generate text with a PicoGPT ONNX model: no torch needed."""
     # Ctrl-C keeps what was printed and exits 130, even when started from a shell's background job
     # (which starts it with SIGINT ignored, so Python would not install its own handler).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t_load = time.perf_counter()
-    gen = Generator(model, threads=threads)
+    gen = Generator(model, threads=threads, overlap=overlap)
     load_s = time.perf_counter() - t_load
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
     check_request(max_new_tokens, num_samples, seed, sampling, gen.config)
@@ -89,7 +91,8 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
         per = st.ms_per_token
         click.echo(f"load {load_s * 1000:.0f} ms | prefill {st.prompt_ids:,} chars in {st.prefill_s * 1000:.1f} ms "
                    f"| {st.tokens} tokens, {per:.3f} ms/token after the first, {1000 / per if per else 0:,.0f} "
-                   "tokens/s", err=True)
+                   f"tokens/s | overlap {gen.decoder.overlap}: {st.rollovers} new windows, "
+                   f"{st.overlap_share:.1%} of the time", err=True)
 
 
 def print_samples(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from picogpt.config import GPTConfig
 from picogpt.contract import LAYOUTS, META_PREFIX, READABLE_VERSIONS, fused_cache_names, io_names, read_contract
 from picogpt.errors import PicoError
-from picogpt.windows import plan_chunks
+from picogpt.windows import check_overlap, chunk_ids, keep_recent, plan_chunks
 
 
 def session_options(threads: int | None):
@@ -34,12 +35,17 @@ def session_options(threads: int | None):
 
 @dataclass
 class StreamState:
-    """A batch of streams: this window's context vector, running ln_f sum, filled positions, cache."""
+    """A batch of streams: this window's context vector, running ln_f sum, filled positions, cache, and the
+    stream's last ids (what the next window re-reads)."""
 
     context: np.ndarray
     hidden_sum: np.ndarray
     pos: int
     cache: PortableCache | FusedCache
+    recent: np.ndarray
+
+
+_cat = partial(np.concatenate, axis=1)
 
 
 class PortableCache:
@@ -121,10 +127,23 @@ class FusedCache:
         return self.logits.copy(), self.hidden_sum
 
 
+def file_overlap(path: Path, metadata: dict[str, str], context_len: int) -> int:
+    """The file's `picogpt.overlap` (0 for files written before it existed), checked like the flag."""
+    text = metadata.get("overlap")
+    if text is None:
+        return 0
+    try:
+        return check_overlap(int(text), context_len, "metadata picogpt.overlap")
+    except (ValueError, PicoError) as exc:
+        raise PicoError(f"{path}: {exc}" if isinstance(exc, PicoError) else
+                        f"{path}: metadata picogpt.overlap is not a whole number ({text!r})") from None
+
+
 class OnnxDecoder:
     """Load a PicoGPT .onnx file and feed tokens through it, window protocol included."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, overlap: int | None = None) -> None:
+        """`overlap`: characters a new window re-reads (default: the file's `picogpt.overlap`, else 0)."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -150,23 +169,26 @@ class OnnxDecoder:
         if names != expected:
             raise PicoError(f"{path}: unexpected inputs {names[:6]}, the {self.layout} layout says {expected[:6]}")
         self.path = path
+        self.overlap = file_overlap(path, self.metadata, self.config.context_len) if overlap is None else \
+            check_overlap(overlap, self.config.context_len)
 
     def new_state(self, batch: int = 1) -> StreamState:
         c = self.config
         zeros = np.zeros((batch, c.n_embd), dtype=np.float32)
         cache_type = FusedCache if self.layout == "fused" else PortableCache
-        return StreamState(zeros, zeros.copy(), 0, cache_type(self.session, c, batch))
+        return StreamState(zeros, zeros.copy(), 0, cache_type(self.session, c, batch),
+                           np.zeros((batch, 0), dtype=np.int64))
 
     def feed(self, ids: np.ndarray, state: StreamState) -> np.ndarray:
         """Feed ids [B, T] (T >= 1) after `state` (updated in place); return logits [B, V]."""
         ids = np.asarray(ids, dtype=np.int64)
         logits = None
-        for chunk in plan_chunks(state.pos, ids.shape[1], self.config.context_len):
+        for chunk in plan_chunks(state.pos, ids.shape[1], self.config.context_len, self.overlap):
             if chunk.roll_over:
                 state.context = state.hidden_sum / np.float32(state.pos)
                 state.hidden_sum = np.zeros_like(state.context)
                 state.cache.rewind(0)
-            part = ids[:, chunk.start : chunk.start + chunk.take]
+            part = chunk_ids(chunk, ids, state.recent, _cat)
             if chunk.with_slot:
                 part = np.concatenate([np.full((ids.shape[0], 1), self.slot_id, dtype=np.int64), part], axis=1)
             logits, hsum = state.cache.run(part, state.context, chunk.pos)
@@ -174,6 +196,7 @@ class OnnxDecoder:
             state.pos = chunk.pos + part.shape[1]
         if logits is None:
             raise PicoError("nothing to feed: at least one token is needed")
+        state.recent = keep_recent(state.recent, ids, self.overlap, _cat)
         return logits
 
     def rewind(self, state: StreamState, pos: int) -> None:

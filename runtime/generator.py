@@ -44,9 +44,12 @@ class Generator:
     >>> g.generate("ROMEO:", max_new_tokens=100, sampling=SamplingConfig(temperature=0.8), seed=0)  # doctest: +SKIP
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, threads: int | None = 1) -> None:
+    def __init__(self, model: str | os.PathLike | None = None, threads: int | None = 1,
+                 overlap: int | None = None) -> None:
+        """`overlap`: characters each new window re-reads (default: the file's own, `picogpt.overlap`)."""
         check_threads(threads)
-        self.decoder = OnnxDecoder(model if model is not None else bundled_model_path(), threads=threads)
+        self.decoder = OnnxDecoder(model if model is not None else bundled_model_path(), threads=threads,
+                                   overlap=overlap)
         self.tokenizer = self.decoder.tokenizer
         self.config = self.decoder.config
         self.metadata = self.decoder.metadata

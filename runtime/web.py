@@ -50,10 +50,12 @@ def integrity(data: bytes) -> str:
 FP32_ARITHMETIC = ("none", "int8-weights")
 
 
-def read_model(path: Path) -> tuple[Generator, dict[str, str]]:
+def read_model(path: Path, overlap: int | None = None) -> tuple[Generator, dict[str, str]]:
     """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
-    gen = Generator(path, threads=1)  # its decoder has read and checked the picogpt.* metadata
-    return gen, {META_PREFIX + k: v for k, v in gen.metadata.items()}
+    gen = Generator(path, threads=1, overlap=overlap)  # its decoder has read and checked the picogpt.* metadata
+    # the page re-reads what the file says, or what --overlap says instead
+    meta = {META_PREFIX + k: v for k, v in gen.metadata.items()}
+    return gen, {**meta, META_PREFIX + "overlap": str(gen.decoder.overlap)}
 
 
 def patch_ir_version(data: bytes) -> bytes:
@@ -159,13 +161,14 @@ def check_target(out: Path) -> None:
         raise PicoError(f"-o {out} cannot be written (permission denied in {parent})")
 
 
-def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None = None) -> Path:
+def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None = None,
+               overlap: int | None = None) -> Path:
     """Build the folder beside `out` and rename it into place at the end: a failure leaves no half-written page."""
     if ort_dir is not None and ort_url is not None:
         raise PicoError("--ort-dir and --ort-url exclude each other: ORT is either copied in or loaded from a URL")
     ort = None if ort_dir is not None else cdn_ort(ort_url or ORT_CDN)
     check_target(out)
-    gen, meta = read_model(model)
+    gen, meta = read_model(model, overlap)
     if gen.metadata.get("quantization", "none") not in FP32_ARITHMETIC:
         click.echo(f"note: {model.name} quantizes activations to int8 as it runs "
                    f"({gen.metadata['quantization']}): the page's greedy text can leave picogpt-run's at a near-tie "
@@ -245,15 +248,18 @@ def serve(folder: Path, port: int) -> None:
                    "copy ORT into the folder, so the page works offline. Default: the pinned CDN URL.")
 @click.option("--ort-url", default=None, help=f"Load ORT from this copy of onnxruntime-web@{ORT_WEB_VERSION}'s dist "
               f"folder instead (a mirror or your own host; the same integrity hashes apply). Default: {ORT_CDN}")
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads (default: the file's own; 0 = none).")
 @click.option("--serve", "do_serve", is_flag=True, help="Then serve the folder on 127.0.0.1 for a local preview.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="For --serve.")
 @cli_errors
-def main(model: Path | None, out: Path, ort_dir: Path | None, ort_url: str | None, do_serve: bool, port: int) -> None:
+def main(model: Path | None, out: Path, ort_dir: Path | None, ort_url: str | None, overlap: int | None,
+         do_serve: bool, port: int) -> None:
     """Write a static web page that runs MODEL (default: the bundled model) in the visitor's browser."""
     from picogpt.runtime.generator import bundled_model_path
 
     model = model if model is not None else bundled_model_path()
-    write_page(model, out, ort_dir, ort_url)
+    write_page(model, out, ort_dir, ort_url, overlap)
     source = "the folder" if ort_dir else (ort_url or "the pinned CDN")
     click.echo(f"wrote {out}/ ({folder_size(out) / 1e6:.2f} MB; ORT from {source}, onnxruntime-web {ORT_WEB_VERSION})")
     if do_serve:

@@ -115,11 +115,13 @@ def export_tiny(model, folder: Path, layout: str) -> Path:
     from picogpt.generation import greedy_text
     from picogpt.model import TorchDecoder
     from picogpt.tokenizer import CharTokenizer
+    from picogpt.windows import resolve_overlap
 
     path = folder / f"tiny-{layout}.onnx"
     export_layout(model, path, layout)
     tok = CharTokenizer()
-    fingerprint = greedy_text(TorchDecoder(model), tok, FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
+    overlap = resolve_overlap(None, model.config.context_len)  # what picogpt-export writes by default
+    fingerprint = greedy_text(TorchDecoder(model, overlap), tok, FINGERPRINT_PROMPT, FINGERPRINT_CHARS)
     set_metadata(path, metadata_dict(model.config, tok, "none", 0, None, fingerprint, layout))
     return path
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from picogpt.windows import window_spans
 
 
 def test_quick_bench_reports_every_engine(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -56,7 +57,9 @@ def test_quality_bench_trains_scores_and_plots(corpus_file: Path, tmp_path: Path
     assert row["recipe"] == "picogpt" and row["preset"] == "pico" and row["steps"] > 0
     val_chars = int(len(corpus_file.read_text()) * 0.1)  # the last 10%, as picogpt-train splits text
     assert row["targets"] == val_chars - 1  # every character of the val split after the first is scored
-    assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == 10
+    assert row["overlap"] == 32 and row["val_loss"] < row["plain"]  # a new window re-reads 32 characters
+    windows = len(list(window_spans(32 + 1280, 128, 32)))  # 1,280 targets after the 32 before them
+    assert 0 < row["val_loss"] < 5 and 0 < row["zeroed"] < 5 and len(row["per_window"]) == windows == 14
     assert "| 0.05 | picogpt | pico |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
     gains = [z - c for c, z in zip(row["per_window"][1:], row["per_window_zeroed"][1:])]
     worst = min(range(len(gains)), key=gains.__getitem__)  # by how much the worst window gains, and its noise
@@ -77,7 +80,8 @@ def test_quality_bench_scores_an_onnx_file_as_torch_scores_its_model(random_mode
     (row,) = json.loads(js.read_text())
     got = row["val_loss"]
     val = load_token_data(str(corpus_file), CharTokenizer(), 1280, "t")[0].val
-    assert got == pytest.approx(stream_score(random_model, val, 1280).mean, abs=1e-4)
+    assert row["overlap"] == 4 and got == pytest.approx(stream_score(random_model, val, 1280, overlap=4).mean, abs=1e-4)
+    assert row["plain"] == pytest.approx(stream_score(random_model, val, 1280).mean, abs=1e-4)
 
 
 def test_train_speed_compares_optimizers_and_times_newton_schulz() -> None:

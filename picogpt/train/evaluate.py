@@ -19,7 +19,7 @@ from picogpt.data import DataConfig, open_data
 from picogpt.errors import PicoError, cli_errors
 from picogpt.model import GPT
 from picogpt.system import check_threads
-from picogpt.windows import STREAM_WINDOWS, stream_batches
+from picogpt.windows import STREAM_WINDOWS, resolve_overlap, stream_batches, window_spans
 
 
 @torch.inference_mode()
@@ -41,7 +41,9 @@ def window_losses(model: GPT, data, batch_size: int, batches: int, seed: int, ca
 
 @dataclass
 class StreamScore:
-    """Cross-entropy sums of a streamed text by window index and position in the window."""
+    """Cross-entropy sums of a streamed text by window index and position in the window. A target at position
+    j was predicted from j characters of the window (a later window's first `overlap` rows are re-read
+    characters, never scored), so the position is also how much context the target had."""
 
     sums: np.ndarray  # [windows, context_len]
     counts: np.ndarray  # [windows, context_len]
@@ -64,8 +66,8 @@ class StreamScore:
         gain = diff.sum(0) / total
         return np.sqrt(((diff - gain * n) ** 2).sum(0) * m / max(1, m - 1)) / total
 
-    def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17)) -> list[tuple[str, float]]:
-        """Mean loss over position ranges of the window (1-based): 1, 2-4, 5-16, 17-end by default."""
+    def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17, 65)) -> list[tuple[str, float]]:
+        """Mean loss by characters of context in the window (1-based ranges): 1, 2-4, 5-16, 17-64, 65-end."""
         bounds = [*edges, self.sums.shape[1] + 1]
         out = []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -73,48 +75,73 @@ class StreamScore:
                 break  # a window shorter than the last edge
             hi = min(hi, bounds[-1])
             s, c = self.sums[:, lo - 1 : hi - 1].sum(), self.counts[:, lo - 1 : hi - 1].sum()
-            out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / max(1, c))))
+            if c:
+                out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / c)))
         return out
+
+    @property
+    def early(self) -> int:
+        """Targets with at most this many characters of context count as a window's early ones: 16 of 128."""
+        return max(1, self.sums.shape[1] // 8)
+
+    def early_excess(self) -> float | None:
+        """The most, over windows 2+, that early targets (`early`) cost above their window's mean (None: no
+        later window has such targets, as with an overlap of `early` or more)."""
+        upto = self.early
+        early = self.counts[1:, :upto].sum(1)
+        if not early.any():
+            return None
+        excess = self.sums[1:, :upto].sum(1) / np.maximum(1, early) - self.per_window()[1:]
+        return float(excess[early > 0].max())
 
 
 @torch.inference_mode()
 def stream_score(model: GPT, ids: np.ndarray, seq_chars: int = 1280, carry: bool = True,
-                 batch_size: int = 16) -> StreamScore:
+                 batch_size: int = 16, overlap: int = 0) -> StreamScore:
     """Score every character of `ids` after the first, read as the runtime reads text.
 
     The text is cut into consecutive sequences of `seq_chars` targets; each starts with a zero
-    context vector and carries it from window to window (or zeroes it, `carry=False`).
+    context vector and carries it from window to window (or zeroes it, `carry=False`); each window
+    after the first re-reads the `overlap` characters before its new ones, as generation does, and each
+    sequence after the text's first reads the `overlap` characters before it first (unscored).
     """
     n = model.config.context_len
-    windows = -(-seq_chars // n)
+    windows = len(list(window_spans(overlap + seq_chars, n, overlap)))
     sums, counts = np.zeros((windows, n)), np.zeros((windows, n))
     by_sequence = []
-    for xs, ys in stream_batches(ids, seq_chars, batch_size):
+    for xs, ys, lead in stream_batches(ids, seq_chars, batch_size, lead=overlap):
         x, y = torch.from_numpy(xs), torch.from_numpy(ys)
         rows = np.zeros((len(xs), windows, 2))
-        for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
-            t = logits.size(1)
-            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, k * n : k * n + t].reshape(-1),
+        spans = window_spans(x.size(1), n, overlap)
+        for k, ((start, replay), (logits, _)) in enumerate(zip(spans, model.iter_windows(x, carry=carry,
+                                                                                          overlap=overlap))):
+            skip = max(0, lead - start)  # the lead's own characters are read, not scored
+            logits, t, row = logits[:, skip:], logits.size(1) - skip, replay + skip
+            if t <= 0:
+                continue
+            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                 y[:, start + skip - lead : start - lead + skip + t].reshape(-1),
                                  reduction="none").view(-1, t)
-            sums[k, :t] += ce.sum(0).double().numpy()
-            counts[k, :t] += ce.size(0)
+            sums[k, row : row + t] += ce.sum(0).double().numpy()
+            counts[k, row : row + t] += ce.size(0)
             rows[:, k] = np.stack([ce.sum(1).double().numpy(), np.full(len(xs), t)], axis=1)
         by_sequence.append(rows)
     return StreamScore(sums, counts, np.concatenate(by_sequence))
 
 
-
-
 def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str | None = None,
-                          batches: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                          batches: int = 4, overlap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Print (and return) the carried-vs-zeroed table for a checkpoint on its own val data.
 
     The data is the one stored in the checkpoint; `path` / `files` replace its --data / --data-files (a file
-    moved since training). A text split is scored whole, streamed in sequences of 10 windows as the runtime
-    reads text; Wikipedia's held-out articles are sampled (`batches` batches of the training shape).
+    moved since training). A text split is scored whole, streamed in sequences of 10 windows as generation
+    reads text, each window after the first re-reading `overlap` characters (the plain protocol's score,
+    without them, is shown beside); Wikipedia's held-out articles are sampled (`batches` batches of the
+    training shape).
     """
     loaded = read_checkpoint(ckpt_path)
     model, tokenizer = loaded.model, loaded.tokenizer
+    overlap = resolve_overlap(overlap, model.config.context_len)
     tc = loaded.state.get("train_config", {})
     data_config = DataConfig.from_checkpoint(loaded.state) or DataConfig()
     data_config = replace(data_config, path=path or data_config.path, files=files or data_config.files)
@@ -126,30 +153,41 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
         raise PicoError(f"{ckpt_path} was trained on {data_config.path}, which is not there now: "
                         "pass its new place with --data PATH")
     data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None)
-    streamed = isinstance(getattr(data, "val", None), np.ndarray)
-    if streamed:
-        seq = windows * model.config.context_len
-        carried_s, zeroed_s = (stream_score(model, data.val, seq, carry=c) for c in (True, False))
-        carried, zeroed = carried_s.per_window(), zeroed_s.per_window()
-        se = zeroed_s.gain_se(carried_s)
-        means = carried_s.mean, zeroed_s.mean
-        print(f"val loss per window (the whole val split, {int(carried_s.counts.sum()):,} characters, "
-              f"in sequences of {windows} windows):")
-    else:
-        batch_size = tc.get("batch_size", 12)
-        carried = window_losses(model, data, batch_size, batches, seed, carry=True)
-        zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
-        se = None
-        means = float(carried.mean()), float(zeroed.mean())
-        print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
+    if isinstance(getattr(data, "val", None), np.ndarray):
+        return stream_report(model, data.val, windows * model.config.context_len, overlap)
+    batch_size = tc.get("batch_size", 12)
+    carried = window_losses(model, data, batch_size, batches, seed, carry=True)
+    zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
+    print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
+    print_windows(carried, zeroed, None)
+    return carried, zeroed
+
+
+def print_windows(carried: np.ndarray, zeroed: np.ndarray, se: np.ndarray | None) -> None:
     print("window  carried  zeroed  gain" + ("  ± its standard error over the sequences" if se is not None else ""))
     for k, (c, z) in enumerate(zip(carried, zeroed), start=1):
         err = f"  ± {se[k - 1]:.4f}" if se is not None and k > 1 else ""
         print(f"{k:>6}  {c:7.4f}  {z:6.4f}  {z - c:+.4f}{err}")
-    print(f"  mean  {means[0]:7.4f}  {means[1]:6.4f}  {means[1] - means[0]:+.4f}")
-    if streamed:
-        print("by position in the window (carried): "
-              + ", ".join(f"{name}: {loss:.3f}" for name, loss in carried_s.per_position()))
+
+
+def stream_report(model: GPT, val: np.ndarray, seq: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole val split streamed as generation reads it, carried and zeroed, and the plain protocol's score."""
+    carried_s, zeroed_s = (stream_score(model, val, seq, carry=c, overlap=overlap) for c in (True, False))
+    carried, zeroed = carried_s.per_window(), zeroed_s.per_window()
+    reread = f"each window after the first re-reads {overlap} characters" if overlap else "no overlap"
+    print(f"val loss per window (the whole val split, {int(carried_s.counts.sum()):,} characters, in sequences "
+          f"of {seq:,}; {reread}):")
+    print_windows(carried, zeroed, zeroed_s.gain_se(carried_s))
+    print(f"  mean  {carried_s.mean:7.4f}  {zeroed_s.mean:6.4f}  {zeroed_s.mean - carried_s.mean:+.4f}")
+    if overlap:
+        plain = stream_score(model, val, seq, overlap=0)
+        print(f"plain protocol (a new window re-reads nothing): {plain.mean:.4f}; the overlap gains "
+              f"{plain.mean - carried_s.mean:+.4f}")
+    print("by characters of context in the window (carried): "
+          + ", ".join(f"{name}: {loss:.3f}" for name, loss in carried_s.per_position()))
+    excess = carried_s.early_excess()
+    print(f"targets with 1-{carried_s.early} characters of context, windows 2+: " + (
+        f"at most {excess:+.3f} above their window's mean" if excess is not None else "none"))
     return carried, zeroed
 
 
@@ -161,13 +199,17 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
               help="The Wikipedia-schema parquet/JSONL glob, if it moved (default: the one it names).")
 @click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--overlap", type=int, default=None,
+              help="Characters each new window re-reads, as generation does (default: a quarter of a window, "
+                   "as picogpt-export writes; 0 = the plain protocol).")
 @cli_errors
-def main(checkpoint: Path, path: str | None, files: str | None, batches: int, threads: int | None) -> None:
+def main(checkpoint: Path, path: str | None, files: str | None, batches: int, threads: int | None,
+         overlap: int | None) -> None:
     """Report val loss per window index with the carried context vector and with it zeroed."""
     check_threads(threads)
     if threads:
         torch.set_num_threads(threads)
-    report_from_checkpoint(checkpoint, path, files, batches=batches)
+    report_from_checkpoint(checkpoint, path, files, batches=batches, overlap=overlap)
 
 
 if __name__ == "__main__":

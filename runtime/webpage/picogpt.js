@@ -145,15 +145,19 @@ export class Sampler {
   }
 }
 
-/** The window rule of picogpt/windows.py plan_chunks: chunks of new ids, each within one window. */
-export function* planChunks(pos, nNew, contextLen) {
+/**
+ * The window rule of picogpt/windows.py plan_chunks: chunks of new ids, each within one window; a window that
+ * follows a full one first re-reads the stream's last `overlap` ids (`replay`).
+ */
+export function* planChunks(pos, nNew, contextLen, overlap = 0) {
   const nPositions = contextLen + 1;
   for (let i = 0; i < nNew;) {
     const rollOver = pos === nPositions;
+    const replay = rollOver ? overlap : 0;
     if (rollOver) pos = 0;
-    const take = Math.min(nPositions - Math.max(pos, 1), nNew - i);
-    yield { start: i, take, pos, rollOver };
-    pos += take + (pos === 0 ? 1 : 0);
+    const take = Math.min(nPositions - Math.max(pos, 1) - replay, nNew - i);
+    yield { start: i, take, pos, rollOver, replay };
+    pos += take + replay + (pos === 0 ? 1 : 0);
     i += take;
   }
 }
@@ -273,35 +277,38 @@ export class PicoGPT {
     this.slotId = JSON.parse(metadata['picogpt.protocol']).slot_id;
     this.layout = metadata['picogpt.layout'] ?? 'portable';
     this.fingerprint = JSON.parse(metadata['picogpt.fingerprint'] ?? '{}');
+    this.overlap = Number(metadata['picogpt.overlap'] ?? 0); // files written before it existed re-read nothing
     this.stats = { loadMs };
     this.stopped = false;
     this.running = false;
   }
 
-  /** A fresh stream: context vector, running ln_f sum, filled positions, cache. */
+  /** A fresh stream: context vector, running ln_f sum, filled positions, cache, its last ids. */
   newState() {
     const n = this.config.n_embd;
     const Cache = this.layout === 'fused' ? FusedCache : PortableCache;
     return { context: new Float32Array(n), hiddenSum: new Float32Array(n), pos: 0,
-      cache: new Cache(this.ort, this.session, this.config) };
+      cache: new Cache(this.ort, this.session, this.config), recent: [] };
   }
 
   /** Feed ids after `state` (updated in place), a window at a time; returns the logits of the last one. */
   async feed(ids, state) {
     let logits = null;
-    for (const chunk of planChunks(state.pos, ids.length, this.config.context_len)) {
+    for (const chunk of planChunks(state.pos, ids.length, this.config.context_len, this.overlap)) {
       if (chunk.rollOver) { // the full window's mean ln_f output becomes the next window's context vector
         for (let j = 0; j < state.context.length; j++) state.context[j] = state.hiddenSum[j] / state.pos;
         state.hiddenSum.fill(0);
         state.cache.rewind();
       }
       let part = ids.slice(chunk.start, chunk.start + chunk.take);
+      if (chunk.replay) part = [...state.recent, ...ids.slice(0, chunk.start)].slice(-chunk.replay).concat(part);
       if (chunk.pos === 0) part = [this.slotId, ...part];
       let hsum;
       [logits, hsum] = await state.cache.run(part, state.context, chunk.pos);
       for (let j = 0; j < hsum.length; j++) state.hiddenSum[j] += hsum[j]; // float32 adds, as numpy's
       state.pos = chunk.pos + part.length;
     }
+    if (this.overlap) state.recent = [...state.recent, ...ids].slice(-this.overlap);
     return logits;
   }
 
