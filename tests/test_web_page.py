@@ -95,6 +95,7 @@ def test_page_greedy_equals_picogpt_run_on_the_bundled_model(browser, serve) -> 
     fp = json.loads(meta["picogpt.fingerprint"])
     assert len(fp["prompt"]) + GREEDY_CHARS > 3 * json.loads(meta["picogpt.config"])["context_len"]  # 3 roll-overs
     assert meta["picogpt.quantization"] == "int8-weights"  # int8 storage, fp32 arithmetic (docs/onnx.md)
+    assert int(meta["picogpt.overlap"]) > 0  # each new window re-reads the end of the last one, in both
     got = page.evaluate(GREEDY_JS, [fp["prompt"], GREEDY_CHARS])
     print(f"\nbundled: stats {got['stats']}; page load to last token {got['now']:.0f} ms")
     assert got["text"].startswith(fp["greedy"])  # the file's fingerprint
