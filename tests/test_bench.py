@@ -36,6 +36,8 @@ def test_bench_onnx_only(exported: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(js.read_text())["rows"]
     assert [r["engine"] for r in rows] == ["ort-fp32"] and rows[0]["x_torch-kv"] is None
+    # 300 tokens of the tiny model (windows of 16) roll over many times, each re-reading the file's overlap
+    assert rows[0]["overlap"] == 4 and 0 < rows[0]["overlap_share"] < 1
 
 
 def test_bench_bad_inputs(tmp_path: Path, exported: Path) -> None:
