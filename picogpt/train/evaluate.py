@@ -66,8 +66,9 @@ class StreamScore:
         gain = diff.sum(0) / total
         return np.sqrt(((diff - gain * n) ** 2).sum(0) * m / max(1, m - 1)) / total
 
-    def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17, 65)) -> list[tuple[str, float]]:
-        """Mean loss by characters of context in the window (1-based ranges): 1, 2-4, 5-16, 17-64, 65-end."""
+    def per_position(self, edges: tuple[int, ...] = (1, 2, 5, 17, 65)) -> list[tuple[str, float, int]]:
+        """(range, mean loss, targets) by characters of context in the window (1-based ranges): 1, 2-4, 5-16,
+        17-64, 65-end. With an overlap, the short ranges only hold the text's first window."""
         bounds = [*edges, self.sums.shape[1] + 1]
         out = []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -76,7 +77,7 @@ class StreamScore:
             hi = min(hi, bounds[-1])
             s, c = self.sums[:, lo - 1 : hi - 1].sum(), self.counts[:, lo - 1 : hi - 1].sum()
             if c:
-                out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / c)))
+                out.append((f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}", float(s / c), int(c)))
         return out
 
     @property
@@ -183,8 +184,8 @@ def stream_report(model: GPT, val: np.ndarray, seq: int, overlap: int) -> tuple[
         plain = stream_score(model, val, seq, overlap=0)
         print(f"plain protocol (a new window re-reads nothing): {plain.mean:.4f}; the overlap gains "
               f"{plain.mean - carried_s.mean:+.4f}")
-    print("by characters of context in the window (carried): "
-          + ", ".join(f"{name}: {loss:.3f}" for name, loss in carried_s.per_position()))
+    print("by characters of context in the window (carried; targets): "
+          + ", ".join(f"{name}: {loss:.3f} ({n:,})" for name, loss, n in carried_s.per_position()))
     excess = carried_s.early_excess()
     print(f"targets with 1-{carried_s.early} characters of context, windows 2+: " + (
         f"at most {excess:+.3f} above their window's mean" if excess is not None else "none"))
