@@ -142,3 +142,20 @@ def web_variant(model: bytes, n_layer: int, n_head: int, head_size: int) -> byte
     if not found:
         raise PicoError("the model file has no graph")
     return b"".join(parts)
+
+
+TENSOR_DATA_LOCATION, EXTERNAL = 14, 1  # TensorProto.data_location = EXTERNAL
+
+
+def has_external_data(model: bytes) -> bool:
+    """True if an initializer of the graph keeps its values in a separate file (TensorProto data_location)."""
+    for number, _, field in fields(model):
+        if number != MODEL_GRAPH:
+            continue
+        for n, _, init in fields(payload(field)):
+            if n != GRAPH_INITIALIZER:
+                continue
+            for k, wire, value in fields(payload(init)):
+                if k == TENSOR_DATA_LOCATION and wire == 0 and read_varint(value, 1)[0] == EXTERNAL:
+                    return True
+    return False

@@ -125,7 +125,8 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
     if data_config.path is not None and not Path(data_config.path).exists():
         raise PicoError(f"{ckpt_path} was trained on {data_config.path}, which is not there now: "
                         "pass its new place with --data PATH")
-    data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None)
+    data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None,
+                     hint=f"{windows} windows of this model need more: pass a longer text with --data")
     streamed = isinstance(getattr(data, "val", None), np.ndarray)
     if streamed:
         seq = windows * model.config.context_len
