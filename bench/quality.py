@@ -170,7 +170,7 @@ def parse_minutes(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise PicoError(f"--minutes takes a comma-separated list of numbers, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
+    if not values or any(not 0 < v < float("inf") for v in values):
         raise PicoError(f"--minutes needs positive numbers, got {text!r}")
     return values
 

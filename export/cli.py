@@ -160,7 +160,7 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
 @click.option("--data", type=str, default=None,
               help="Text: its last 10% verifies, its first 90% calibrates int4-gptq (default: the text file the "
                    "checkpoint was trained on, else tinyshakespeare if cached).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--threads", type=int, default=1, show_default=True,
               help="onnxruntime threads for verification and timing.")
 @click.option("--json", "json_path", type=path_type(), default=None,
               help="Also write the verification table and the chosen quantization as JSON.")

@@ -39,10 +39,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) or "PytorchStreamWriter failed" in str(exc):  # a full disk, a folder gone
+        if isinstance(exc, (OSError, RuntimeError)):  # a full disk (torch's writer raises RuntimeError), a folder gone
+            cause = exc if isinstance(exc, OSError) else exc.__context__
+            why = getattr(cause, "strerror", None) or "write error"
             kept = "the earlier checkpoint there is kept" if path.is_file() else "no checkpoint was written"
-            raise PicoError(f"writing {path} failed ({getattr(exc, 'strerror', None) or 'write error'}); {kept}: "
-                            "free space, then continue with --resume") from None
+            raise PicoError(f"writing {path} failed ({why}); {kept}: free space, then continue with --resume") from None
         raise
 
 
@@ -121,7 +122,7 @@ def read_checkpoint(path: str | os.PathLike) -> Loaded:
         ckpt = _checked(path, obj)
         # Dropout is a training-time regulariser: the rebuilt model is for inference and export.
         config = replace(GPTConfig.from_dict(ckpt["config"]), dropout=0.0)
-        model = _load_weights(GPT(config), ckpt["model"], "checkpoint weights do not fit its config")
+        model = _load_weights(GPT(config), ckpt["model"], f"checkpoint {path}: its weights do not fit its config")
         return Loaded(model.eval(), CharTokenizer.from_json(ckpt["tokenizer"]), "picogpt", ckpt.get("step"),
                       ckpt.get("val_loss"), ckpt)
     if "model" in obj and "model_args" in obj:  # nanoGPT's train.py
@@ -170,7 +171,7 @@ def _model_from_state_dict(sd: dict[str, torch.Tensor], n_head: int | None, path
     check_weights(path, sd)
     wte = sd.get("transformer.wte.weight")
     head = sd.setdefault("lm_head.weight", wte)
-    if isinstance(head, torch.Tensor) and isinstance(wte, torch.Tensor) and not (
+    if isinstance(head, torch.Tensor) and isinstance(wte, torch.Tensor) and wte.dim() == 2 and not (
             head.shape == wte.shape and torch.equal(head, wte)):
         raise PicoError("checkpoint of another architecture: its lm_head is not tied to wte (PicoGPT's model "
                         "shares one matrix for both)")
@@ -179,7 +180,7 @@ def _model_from_state_dict(sd: dict[str, torch.Tensor], n_head: int | None, path
     if expected != got:
         diff = sorted((expected - got) | (got - expected))[:3]
         raise PicoError(f"checkpoint of another architecture: tensors {diff} do not match PicoGPT's")
-    return _load_weights(model, sd, "checkpoint of another architecture").eval()
+    return _load_weights(model, sd, f"{path}: a checkpoint of another architecture").eval()
 
 
 def _load_weights(model: GPT, sd: dict[str, torch.Tensor], what: str) -> GPT:

@@ -38,39 +38,62 @@ def cli_errors(func: F) -> F:
         # the SIGINT a supervisor sends) must still stop a long-running command.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        stdout = sys.stdout
+        sys.stdout = GuardedStdout(stdout) if stdout is not None else stdout
         try:
             check_params(kwargs)
             result = func(*args, **kwargs)
             sys.stdout.flush()  # a full or closed stdout fails here, as one line, not at interpreter exit
             return result
+        except StdoutError as exc:
+            silence(stdout)
+            fail(str(exc), 1)
         except PicoError as exc:
             fail(str(exc), 1)
         except KeyboardInterrupt:
             fail("interrupted", 130, prefix="")
-        except OSError as exc:
-            if stdout_works():
-                raise
-            fail(f"standard output cannot be written ({exc.strerror or exc})", 1)
+        finally:
+            sys.stdout = stdout
 
     return wrapper  # type: ignore[return-value]
 
 
-def stdout_works() -> bool:
+class StdoutError(PicoError):
+    """Standard output cannot be written (`> /dev/full`, a closed pipe)."""
+
+
+class GuardedStdout:
+    """sys.stdout, with a failed write or flush turned into a StdoutError (one line, not a traceback)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise StdoutError(f"standard output cannot be written ({exc.strerror or exc})") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise StdoutError(f"standard output cannot be written ({exc.strerror or exc})") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def silence(stream: Any) -> None:
+    """Point a broken stdout at /dev/null, so the interpreter's own flush at exit adds no second message."""
     try:
-        sys.stdout.flush()
-        return True
-    except (OSError, ValueError):
-        return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def fail(message: str, code: int, prefix: str = "error: ") -> None:
-    """Print `message` as one line on stderr and exit; a broken stdout is pointed at /dev/null first, so the
-    interpreter's own flush at exit adds no second message."""
-    if not stdout_works():
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+    """Print `message` as one line on stderr and exit."""
     print(f"{prefix}{message}", file=sys.stderr)
     sys.exit(code)
 

@@ -78,6 +78,8 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
     ctx = click.get_current_context()
     given = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if max_minutes is not None and max_minutes <= 0:  # before the preset table is read with it
+        raise PicoError(f"--max-minutes must be > 0, got {max_minutes}")
     preset = resolve_preset(model or ("auto" if max_minutes else DEFAULT_PRESET), max_minutes)
     shape = {"context_len": context_len, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "dropout": dropout}
     check_shape(shape)
