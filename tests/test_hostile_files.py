@@ -158,7 +158,7 @@ def test_a_folder_in_the_way_of_a_run_file_is_refused_before_training(name: str,
     if resume:
         (out / "ckpt.pt").write_bytes((tiny_run / "ckpt.pt").read_bytes())
     (out / name).mkdir()
-    args = ["--dataset", "text", "--data", str(corpus_file), "--out", str(out), *FAST, *(["--resume"] if resume else [])]
+    args = ["--dataset", "text", "--data", str(corpus_file), "--out", str(out), *FAST, *(["--resume"] * resume)]
     proc = run_main(train_main, *args)
     assert_one_line_error(proc, f"{name} is a folder")
     assert "step 0" not in proc.stdout
