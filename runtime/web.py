@@ -168,10 +168,10 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
     check_target(out)
     if out in model.resolve().parents:
         raise PicoError(f"-o {out} holds the model {model}: replacing the folder would delete it; choose another")
-    gen, meta = read_model(model)
-    if has_external_data(model.read_bytes()):
+    if model.is_file() and has_external_data(model.read_bytes()):
         raise PicoError(f"{model} keeps its weights in a separate data file, which the page cannot load: export it "
                         "again as one file (picogpt-export writes one)")
+    gen, meta = read_model(model)
     if gen.metadata.get("quantization", "none") not in FP32_ARITHMETIC:
         click.echo(f"note: {model.name} quantizes activations to int8 as it runs "
                    f"({gen.metadata['quantization']}): the page's greedy text can leave picogpt-run's at a near-tie "

@@ -148,7 +148,15 @@ TENSOR_DATA_LOCATION, EXTERNAL = 14, 1  # TensorProto.data_location = EXTERNAL
 
 
 def has_external_data(model: bytes) -> bool:
-    """True if an initializer of the graph keeps its values in a separate file (TensorProto data_location)."""
+    """True if an initializer of the graph keeps its values in a separate file (TensorProto data_location);
+    False for bytes that are not a model (the loader says what is wrong with them)."""
+    try:
+        return any(_external_initializers(model))
+    except (PicoError, IndexError):
+        return False
+
+
+def _external_initializers(model: bytes) -> Iterator[bool]:
     for number, _, field in fields(model):
         if number != MODEL_GRAPH:
             continue
@@ -156,6 +164,5 @@ def has_external_data(model: bytes) -> bool:
             if n != GRAPH_INITIALIZER:
                 continue
             for k, wire, value in fields(payload(init)):
-                if k == TENSOR_DATA_LOCATION and wire == 0 and read_varint(value, 1)[0] == EXTERNAL:
-                    return True
-    return False
+                if k == TENSOR_DATA_LOCATION and wire == 0:
+                    yield read_varint(value, 1)[0] == EXTERNAL
