@@ -94,6 +94,12 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
     except ImportError:
         raise PicoError("the wikipedia dataset needs the `datasets` package: pip install 'picogpt[train]'") from None
     datasets.logging.set_verbosity_error()
+    try:  # the hub client logs every retry of an unreachable host: the one-line error below says it
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
     how = {"streaming": True} if streaming else {"streaming": False, "num_proc": num_proc}
     try:
         if data_files:
