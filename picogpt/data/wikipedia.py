@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -29,7 +29,7 @@ def check_val_percent(val_percent: float) -> None:
 
 def check_article(article: object, where: str) -> None:
     """An article needs a string or integer `id` and a string (or missing) `text`."""
-    if not isinstance(article, dict):
+    if not isinstance(article, Mapping):
         raise PicoError(f"--data-files: {where} holds a {type(article).__name__}, not an article object")
     if not isinstance(article.get("id"), (str, int)) or isinstance(article.get("id"), bool):
         raise PicoError(f"--data-files: {where} has an id of type {type(article.get('id')).__name__}; "
