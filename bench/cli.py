@@ -21,7 +21,8 @@ import click
 from picogpt.bench.quality import quality
 from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
-from picogpt.errors import PicoError, check_writable_file, cli_errors
+from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.paths import check_output, report_json, write_atomic
 from picogpt.system import check_threads
 from picogpt.windows import check_overlap
 
@@ -90,6 +91,13 @@ def summarize(runs: list[dict]) -> dict:
     return s
 
 
+def check_outputs(outputs, inputs) -> None:
+    """Each report path: writable, not an input, not another report's path, not a file picogpt did not write."""
+    outputs = [(path, flag) for path, flag in outputs if path is not None]
+    for i, (path, flag) in enumerate(outputs):
+        check_output(path, flag, inputs, [(f, p) for p, f in outputs[:i]])
+
+
 def parse_list(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -117,8 +125,8 @@ def main() -> None:
 
 
 @main.command("latency", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
-@click.option("--onnx", "onnx_files", type=click.Path(path_type=Path), multiple=True,
+@click.argument("checkpoint", type=path_type(), required=False)
+@click.option("--onnx", "onnx_files", type=path_type(), multiple=True,
               help="Pre-exported .onnx files (repeatable); missing ORT variants are exported from CHECKPOINT.")
 @click.option("--threads", "threads_text", default="1", show_default=True, help="Sweep, e.g. 1,2.")
 @click.option("--cores", default="", help="Pin every engine to these CPUs (e.g. 0,1) to emulate a small machine.")
@@ -130,9 +138,9 @@ def main() -> None:
 @click.option("--overlap", type=int, default=None,
               help="Characters each new window re-reads (default: each file's own; 0 = the plain protocol).")
 @click.option("--quick", is_flag=True, help="< 60 s: 2 rounds, 300 tokens, 1 thread.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "json_path", type=path_type(), default=None)
+@click.option("--markdown", "md_path", type=path_type(), default=None)
+@click.option("--plot", "plot_path", type=path_type(), default=None)
 @cli_errors
 def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
          tokens: int, naive_tokens: int, overlap: int | None, quick: bool, json_path: Path | None, md_path: Path | None,
@@ -140,8 +148,8 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
     from picogpt.bench.report import print_table, write_markdown, write_plot
 
-    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
-        check_writable_file(path, flag)
+    check_outputs(((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")),
+                  [("CHECKPOINT", checkpoint), *(("--onnx", f) for f in onnx_files)])
     threads = parse_list(threads_text, "--threads")
     for t in threads:
         check_threads(t)
@@ -187,7 +195,7 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     print_table(rows)
     result = {"machine": info, "roofline": machine, "busy": busy, "rows": rows}
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2))
+        write_atomic(json_path, report_json(result, "picogpt-bench"), "--json")
     if md_path:
         write_markdown(md_path, result)
     if plot_path:

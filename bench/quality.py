@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 
 from picogpt.config import GPTConfig
-from picogpt.errors import PicoError, check_writable_file, cli_errors, make_output_dir
+from picogpt.errors import PicoError, cli_errors, make_output_dir
+from picogpt.paths import MARKDOWN_MARKER, save_figure, write_atomic
 from picogpt.system import check_threads
 from picogpt.windows import STREAM_WINDOWS, check_overlap, resolve_overlap
 
@@ -181,8 +182,7 @@ def write_plot(path: Path, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, "picogpt-bench")
 
 
 def parse_minutes(text: str) -> list[float]:
@@ -190,7 +190,7 @@ def parse_minutes(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise PicoError(f"--minutes takes a comma-separated list of numbers, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
+    if not values or any(not 0 < v < float("inf") for v in values):
         raise PicoError(f"--minutes needs positive numbers, got {text!r}")
     return values
 
@@ -228,8 +228,10 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
             json_path: Path | None, md_path: Path | None, plot_path: Path | None,
             onnx_files: tuple[Path, ...], overlap: int | None) -> None:
     """Train each recipe for the same wall time, one after another, and score each on the full val split."""
-    for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
-        check_writable_file(path, flag)
+    from picogpt.bench.cli import check_outputs
+
+    check_outputs(((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")),
+                  [("--data", data), *(("--onnx", f) for f in onnx_files)])
     if onnx_files:
         scores = []
         for f in onnx_files:
@@ -239,7 +241,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
                        f"{r['targets']:,} characters ({r['quantization']}, streamed through the runtime in "
                        "1,280-character sequences)")
         if json_path:
-            json_path.write_text(json.dumps(scores, indent=2))
+            write_atomic(json_path, json.dumps(scores, indent=2), "--json")
         return
     from picogpt.bench.system_info import busy_report, machine_report
 
@@ -251,6 +253,11 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
     runs = plan([r for r in recipes.split(",") if r], presets.split(",") if presets else None)
     if not runs:
         raise PicoError("nothing to run: no recipe takes the presets given")
+    for m in minutes:  # never train into a run folder of an earlier benchmark
+        for recipe, preset in runs:
+            if (out / f"{recipe}-{preset or 'custom'}-{m:g}min" / "ckpt.pt").exists():
+                raise PicoError(f"--out {out} holds runs of an earlier benchmark: choose another --out, or remove "
+                                "them")
     click.echo(machine_report()["text"])
     rows = []
     for m in minutes:
@@ -266,9 +273,9 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
     lines = table_lines(rows)
     click.echo("\n".join(lines))
     if json_path:
-        json_path.write_text(json.dumps(rows, indent=2))
+        write_atomic(json_path, json.dumps(rows, indent=2), "--json")
     if md_path:
-        md_path.write_text("\n".join(lines) + "\n")
+        write_atomic(md_path, MARKDOWN_MARKER + "\n" + "\n".join(lines) + "\n", "--markdown")
     if plot_path:
         write_plot(plot_path, rows)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from picogpt.paths import MARKDOWN_MARKER, save_figure, write_atomic
+
 COLUMNS = [("engine", "engine", "{}"), ("threads", "thr", "{}"), ("size_mb", "size MB", "{:.1f}"),
            ("load_s", "load s", "{:.2f}"), ("prefill_ms", "prefill ms", "{:.1f}"), ("p50_ms", "p50 ms", "{:.3f}"),
            ("p50_range", "p50 min-max", "{}"), ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"),
@@ -75,7 +77,7 @@ def write_markdown(path: Path, result: dict) -> None:
     lines += ["| " + " | ".join(cells(r)) + " |" for r in result["rows"]]
     if result.get("busy"):
         lines += ["", f"Warning: measured on a busy machine ({result['busy']})."]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, MARKDOWN_MARKER + "\n" + "\n".join(lines) + "\n", "--markdown")
 
 
 def write_plot(path: Path, rows: list[dict]) -> None:
@@ -93,5 +95,5 @@ def write_plot(path: Path, rows: list[dict]) -> None:
     ax.set_title("PicoGPT decode latency per engine")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path, "picogpt-bench")
     plt.close(fig)

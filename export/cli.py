@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from picogpt import paths
 from picogpt.checkpoint import Loaded, read_checkpoint
 from picogpt.contract import (
     FINGERPRINT_CHARS,
@@ -23,7 +23,7 @@ from picogpt.contract import (
 )
 from picogpt.data import DataConfig
 from picogpt.data.text import find_tinyshakespeare, load_token_data
-from picogpt.errors import PicoError, check_writable_file, cli_errors
+from picogpt.errors import PicoError, cli_errors, path_type
 from picogpt.export.build import build_files, set_metadata
 from picogpt.export.quantize import CALIBRATED, METHODS
 from picogpt.export.verify import (
@@ -36,6 +36,7 @@ from picogpt.export.verify import (
     time_step,
 )
 from picogpt.generation import greedy_text
+from picogpt.paths import check_output, report_json, write_atomic
 from picogpt.runtime.decoder import OnnxDecoder
 from picogpt.system import check_threads
 from picogpt.windows import resolve_overlap
@@ -82,15 +83,7 @@ def verification_ids(loaded: Loaded, splits: tuple[np.ndarray, np.ndarray] | Non
 def remove_stale_work_dirs(folder: Path) -> None:
     """Remove the work folders of exports that were killed (kill -9 skips every cleanup): their
     names carry the writer's pid, and a folder whose process is gone is stale."""
-    for d in folder.glob(".picogpt-export-*"):
-        pid = d.name.split("-")[2] if d.name.count("-") >= 3 else ""
-        try:
-            os.kill(int(pid), 0)
-            continue  # that export is still running
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            continue  # alive, another user's
+    paths.remove_stale_work_dirs(folder, ".picogpt-export-")
 
 
 def is_picogpt_export(path: Path) -> bool:
@@ -120,6 +113,19 @@ def check_output_path(out: Path, checkpoint: Path) -> None:
                         "(remove it, or choose another output path)")
 
 
+def check_arguments(output: Path, checkpoint: Path, json_path: Path | None, data: str | None, opset: int,
+                    threads: int) -> None:
+    """Every flag, before the checkpoint is read: outputs that destroy nothing, an opset this onnx can write."""
+    import onnx
+
+    check_output_path(output, checkpoint)
+    check_output(json_path, "--json", [("CHECKPOINT", checkpoint), ("--data", data)], [("-o", output)])
+    newest = onnx.defs.onnx_opset_version()
+    if not 17 <= opset <= newest:
+        raise PicoError(f"--opset must be between 17 and {newest} (the newest this onnx package writes), got {opset}")
+    check_threads(threads)
+
+
 def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple[np.ndarray, np.ndarray] | None,
                       threads: int) -> dict[str, Parity]:
     """Compare every candidate file with torch and time its step; refuse when the fp32 graph is not exact."""
@@ -140,8 +146,8 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.onnx"), show_default=True)
+@click.argument("checkpoint", type=path_type())
+@click.option("-o", "--output", type=path_type(), default=Path("model.onnx"), show_default=True)
 @click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="none",
               show_default=True,
               help="int4-gptq: int4 calibrated on --data (GPTQ). int8-weights: int8 storage, fp32 arithmetic (the "
@@ -150,14 +156,14 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
 @click.option("--graph", "layout", type=click.Choice(LAYOUTS), default="fused", show_default=True,
               help="fused: onnxruntime contrib kernels, in-place KV cache (fast). portable: standard ONNX "
                    "ops from torch.onnx.export (any runtime).")
-@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with torch before writing.")
 @click.option("--data", type=str, default=None,
               help="Text: its last 10% verifies, its first 90% calibrates int4-gptq (default: the text file the "
                    "checkpoint was trained on, else tinyshakespeare if cached).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--threads", type=int, default=1, show_default=True,
               help="onnxruntime threads for verification and timing.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_path", type=path_type(), default=None,
               help="Also write the verification table and the chosen quantization as JSON.")
 @click.option("--overlap", type=int, default=None,
               help="Characters each new window re-reads, written into the file for the runtime and the page "
@@ -166,22 +172,32 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
 def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool, data: str | None,
          threads: int, json_path: Path | None, overlap: int | None) -> None:
     """Export a checkpoint to one self-describing ONNX file (prefill + decode with the context vector)."""
-    import onnx
-    import torch
-
-    check_output_path(output, checkpoint)
-    check_writable_file(json_path, "--json")
-    check_threads(threads)
+    check_arguments(output, checkpoint, json_path, data, opset, threads)
     loaded = read_checkpoint(checkpoint)
     cfg = loaded.model.config
     overlap = resolve_overlap(overlap, cfg.context_len)
+    if cfg.context_len < 2:
+        raise PicoError(f"{checkpoint} has windows of {cfg.context_len} character: the runtime needs 2 at least")
     why = fused_unsupported(cfg) if layout == "fused" else None
     if why:
         raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
                f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
+    remove_stale_work_dirs(output.parent if str(output.parent) else Path("."))
+    try:
+        export_to(loaded, checkpoint, output, method, layout, opset, verify, data, threads, json_path)
+    except OSError as exc:  # a full disk or a folder gone while writing: the earlier -o file is untouched
+        raise PicoError(f"-o {output}: writing failed ({exc.strerror or exc}); nothing was replaced") from None
+
+
+def export_to(loaded: Loaded, checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool,
+              data: str | None, threads: int, json_path: Path | None) -> None:
+    """Build, verify and write the file (and the --json report) through a work folder beside the output."""
+    import onnx
+    import torch
+
+    cfg = loaded.model.config
     folder = output.parent if str(output.parent) else Path(".")
-    remove_stale_work_dirs(folder)
     work = Path(tempfile.mkdtemp(prefix=f".picogpt-export-{os.getpid()}-", dir=folder))
     try:
         torch.manual_seed(0)
@@ -211,8 +227,8 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
         click.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, quantization {chosen})")
         if json_path:
             rows = [{**asdict(r), "val_loss_delta": r.val_loss_delta} for r in results.values()]
-            json_path.write_text(json.dumps({"output": str(output), "quantization": chosen, "verification": rows},
-                                            indent=2))
+            report = {"output": str(output), "quantization": chosen, "verification": rows}
+            write_atomic(json_path, report_json(report, "picogpt-export"), "--json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, check_type
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,12 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
+        # a config read from a file is checked like a flag: a string or a float where a size goes is refused here
+        for name in ("context_len", "vocab_size", "n_layer", "n_head", "n_embd"):
+            check_type(getattr(self, name), f"config: {name}", "int")
+        check_type(self.dropout, "config: dropout", "number")
+        if not isinstance(self.bias, bool):
+            raise PicoError(f"config: bias must be true or false, got {self.bias!r}")
         for name in ("context_len", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise PicoError(f"config: {name} must be >= 1, got {getattr(self, name)}")
@@ -71,6 +77,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise PicoError(f"config: a dict of model settings is needed, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

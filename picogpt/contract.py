@@ -98,6 +98,18 @@ def read_contract(path: Path, meta: dict[str, str], session: Any) -> tuple[GPTCo
     return config, tokenizer, slot
 
 
+def read_fingerprint(path: Path, meta: dict[str, str]) -> tuple[str, str]:
+    """(prompt, greedy text) of the file's parity fingerprint, or one line saying why it cannot be read."""
+    try:
+        fp = json.loads(meta.get("fingerprint", "{}"))
+    except ValueError as exc:
+        raise PicoError(f"{path}: its fingerprint metadata is not valid JSON ({exc}): export the file again") from None
+    if not isinstance(fp, dict) or not all(isinstance(fp.get(k, ""), str) for k in ("prompt", "greedy")):
+        raise PicoError(f"{path}: its fingerprint metadata is not a {{prompt, greedy}} pair of strings: export the "
+                        "file again")
+    return fp.get("prompt", ""), fp.get("greedy", "")
+
+
 def io_shapes(layout: str, config: GPTConfig) -> dict[str, list[int | str]]:
     """Symbolic shape of every input and output of a layout."""
     c = config

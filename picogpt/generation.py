@@ -10,15 +10,17 @@ samples, yields and feeds one id per step. `StopMatcher` cuts streamed text befo
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from picogpt.config import GPTConfig
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, PicoTypeError, check_type
 from picogpt.sampling import Sampler, SamplingConfig
 from picogpt.system import check_memory
 from picogpt.tokenizer import CharTokenizer
@@ -60,6 +62,11 @@ class GenerationStats:
 def check_request(max_new_tokens: int, num_samples: int = 1, seed: int | None = None,
                   sampling: SamplingConfig | None = None, config: GPTConfig | None = None) -> None:
     """The arguments of a generation, checked once for the API and the CLI alike, before any work."""
+    check_type(max_new_tokens, "max_new_tokens", "int")
+    check_type(num_samples, "num_samples", "int")
+    check_type(seed, "seed", "int", allow_none=True)
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise PicoTypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
     if max_new_tokens < 0:
         raise PicoError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     if num_samples < 1:
@@ -98,7 +105,34 @@ def generate_ids(decoder: Decoder, prompt_ids: np.ndarray, max_new_tokens: int, 
     `sampler` keeps its repetition history, so a caller can go on where an earlier call stopped."""
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_ids, stats.tokens, stats.rollovers, stats.rollover_s = prompt_ids.shape[1], 0, 0, 0.0
-    state = state if state is not None else decoder.new_state(prompt_ids.shape[0])
+    if state is None:
+        state = decoder.new_state(prompt_ids.shape[0])
+    with claimed(state):
+        yield from _generate(decoder, prompt_ids, max_new_tokens, sampler, state, stats, progress)
+
+
+_BUSY: set[int] = set()  # id() of the stream states being continued right now
+_BUSY_LOCK = threading.Lock()
+
+
+@contextmanager
+def claimed(state: Any) -> Iterator[None]:
+    """Hold a stream for one generation: a second thread continuing the same stream at the same time would
+    interleave its cache and context vector, so it is refused instead."""
+    with _BUSY_LOCK:
+        if id(state) in _BUSY:
+            raise PicoError("this stream is being continued in another thread: one generation at a time per "
+                            "stream (give each thread its own)")
+        _BUSY.add(id(state))
+    try:
+        yield
+    finally:
+        with _BUSY_LOCK:
+            _BUSY.discard(id(state))
+
+
+def _generate(decoder: Decoder, prompt_ids: np.ndarray, max_new_tokens: int, sampler: Sampler, state: Any,
+              stats: GenerationStats, progress: bool) -> Iterator[np.ndarray]:
     sampler.observe(prompt_ids)
     t0 = time.perf_counter()
     logits = prefill(decoder, prompt_ids, state, progress)

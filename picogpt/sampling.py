@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, check_type
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,12 @@ class SamplingConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_type(self.temperature, "temperature", "number")
+        check_type(self.top_k, "top_k", "int", allow_none=True)
+        check_type(self.top_p, "top_p", "number")
+        check_type(self.repetition_penalty, "repetition_penalty", "number")
+
     def validate(self, vocab_size: int) -> SamplingConfig:
         if not np.isfinite(self.temperature) or self.temperature < 0:
             raise PicoError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
@@ -34,6 +40,9 @@ class SamplingConfig:
         if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise PicoError(f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         return self
+
+
+LOGIT_LIMIT = 1e300
 
 
 class Sampler:
@@ -58,13 +67,17 @@ class Sampler:
         """logits [B, V] -> next ids [B] (int64); the ids are observed automatically."""
         cfg = self.config
         logits = np.array(logits, dtype=np.float64)  # a copy: callers' buffers stay untouched
-        if self.seen is not None:
-            penalised = np.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
-            logits = np.where(self.seen, penalised, logits)
-        if cfg.temperature == 0:
+        with np.errstate(over="ignore", under="ignore"):
+            if self.seen is not None:
+                penalised = np.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+                # an extreme penalty overflows: clipped, the order of the logits (all the draw needs) is kept
+                logits = np.clip(np.where(self.seen, penalised, logits), -LOGIT_LIMIT, LOGIT_LIMIT)
+            scaled = logits / cfg.temperature if cfg.temperature else None
+        if scaled is None or not np.isfinite(scaled).all():
+            # temperature 0, or so close to it that logits / T overflow: the limit of sampling is greedy
             ids = logits.argmax(axis=-1)
         else:
-            ids = self._draw(logits / cfg.temperature)
+            ids = self._draw(scaled)
         self.observe(ids[:, None])
         return ids.astype(np.int64)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, check_type
 
 
 def _cpuinfo() -> str:
@@ -62,7 +62,8 @@ def max_threads() -> int:
 
 
 def check_threads(threads: int | None, flag: str = "--threads") -> None:
-    """Refuse thread counts below 1 or above `max_threads()` with one line."""
+    """Refuse thread counts below 1 or above `max_threads()` (or not a whole number) with one line."""
+    check_type(threads, flag, "int", allow_none=True)
     if threads is not None and not 1 <= threads <= max_threads():
         raise PicoError(f"{flag} must be between 1 and {max_threads()} (4 per CPU here), got {threads}")
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, cli_errors, path_type
 from picogpt.generation import check_request
 from picogpt.runtime.generator import Generator, Session
 from picogpt.sampling import SamplingConfig
+from picogpt.system import check_threads
 
 CHAT_STOP = "</A>"
 
@@ -36,7 +37,7 @@ def stream_to_stdout(gen: Generator, text: str, max_new: int, sampling: Sampling
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-m", "--model", type=click.Path(path_type=Path), default=None,
+@click.option("-m", "--model", type=path_type(), default=None,
               help="A PicoGPT .onnx file (default: the bundled tinyshakespeare model).")
 @click.option("--prompt", type=str, default=None, help="Prompt text (default: read stdin). Empty = start of a line.")
 @click.option("--max-new-tokens", type=int, default=500, show_default=True)
@@ -62,6 +63,9 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
     # Ctrl-C keeps what was printed and exits 130, even when started from a shell's background job
     # (which starts it with SIGINT ignored, so Python would not install its own handler).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    check_threads(threads)
+    if interactive and num_samples != 1:
+        raise PicoError(f"--interactive continues one stream: --num-samples must be 1, got {num_samples}")
     t_load = time.perf_counter()
     gen = Generator(model, threads=threads, overlap=overlap)
     load_s = time.perf_counter() - t_load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import deque
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from picogpt.contract import FINGERPRINT_CHARS
-from picogpt.errors import PicoError
+from picogpt.contract import FINGERPRINT_CHARS, read_fingerprint
+from picogpt.errors import PicoError, check_type
 from picogpt.generation import GenerationStats, StopMatcher, check_request, generate_ids, greedy_text
 from picogpt.runtime.decoder import OnnxDecoder, StreamState
 from picogpt.sampling import Sampler, SamplingConfig
@@ -47,7 +46,7 @@ class Generator:
     def __init__(self, model: str | os.PathLike | None = None, threads: int | None = 1,
                  overlap: int | None = None) -> None:
         """`overlap`: characters each new window re-reads (default: the file's own, `picogpt.overlap`)."""
-        check_threads(threads)
+        check_threads(threads, "threads")
         self.decoder = OnnxDecoder(model if model is not None else bundled_model_path(), threads=threads,
                                    overlap=overlap)
         self.tokenizer = self.decoder.tokenizer
@@ -57,6 +56,7 @@ class Generator:
 
     def encode_prompt(self, prompt: str, warn: bool = True) -> list[int]:
         """Ids of `prompt` (an empty one starts a new line); unknown characters become <?>, with a warning."""
+        check_type(prompt, "prompt", "str")
         enc = self.tokenizer.encode_counted(prompt if prompt else EMPTY_PROMPT)
         if enc.unknown and warn:
             print(f"warning: {enc.unknown} prompt character(s) are not in the vocabulary; they become <?>",
@@ -125,7 +125,6 @@ class Generator:
 
     def verify(self) -> tuple[bool, str, str]:
         """Re-run the file's parity fingerprint here: (matches, expected, got)."""
-        fp = json.loads(self.metadata.get("fingerprint", "{}"))
-        expected = fp.get("greedy", "")
-        got = greedy_text(self.decoder, self.tokenizer, fp.get("prompt", ""), len(expected) or FINGERPRINT_CHARS)
+        prompt, expected = read_fingerprint(self.decoder.path, self.metadata)
+        got = greedy_text(self.decoder, self.tokenizer, prompt, len(expected) or FINGERPRINT_CHARS)
         return bool(expected) and got == expected, expected, got

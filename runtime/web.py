@@ -12,8 +12,10 @@ import base64
 import functools
 import gzip
 import hashlib
+import html as html_lib
 import json
 import os
+import re
 import shutil
 import tempfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -23,9 +25,11 @@ from pathlib import Path
 import click
 
 from picogpt.contract import META_PREFIX
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.paths import remove_stale_work_dirs
 from picogpt.runtime.generator import Generator
-from picogpt.runtime.webgraph import web_variant
+from picogpt.runtime.webfolder import SIDECAR, check_target, page_model_name, script_json
+from picogpt.runtime.webgraph import has_external_data, web_variant
 
 ORT_WEB_VERSION = "1.30.0"  # npm onnxruntime-web, pinned: the integrity hashes below are of its files
 ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM-only build with the emscripten glue bundled in
@@ -37,8 +41,6 @@ ORT_INTEGRITY = {
     ORT_WASM: "sha384-vjBJ1z7qrhkTyYsNqKeF6c7N+nOJSU94czEo+tvZcu8G75JparGq9kB+kTnEUNVM",
 }
 ORT_MAX_IR_VERSION = 13  # onnxruntime-web 1.30 refuses newer files; the exporter writes 14 (see patch_ir_version)
-PAGE_FILES = ("index.html", "picogpt.js")
-SIDECAR = "model.json"
 
 
 def integrity(data: bytes) -> str:
@@ -106,8 +108,15 @@ def copy_ort(dist: Path, folder: Path) -> dict[str, str]:
 def cdn_ort(base: str) -> dict[str, str]:
     """ORT from `base` (the pinned CDN URL or a mirror of the same dist folder), checked by the browser
     against the npm package's hashes."""
+    from urllib.parse import urlsplit
+
     if not base.startswith(("https://", "http://")):
         raise PicoError(f"--ort-url {base} is not an http(s):// URL")
+    # Only URL characters (RFC 3986): quotes, angle brackets, spaces or backslashes could leave the page's
+    # script or attribute that holds the URL.
+    if not re.fullmatch(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+", base) or "'" in base or not urlsplit(base).netloc:
+        raise PicoError(f"--ort-url {base!r} is not a plain http(s):// URL (no quotes, brackets, spaces or other "
+                        "characters a URL does not hold)")
     base = base if base.endswith("/") else base + "/"
     return {"module": base + ORT_MODULE, "module_integrity": ORT_INTEGRITY[ORT_MODULE],
             "wasm": base + ORT_WASM, "wasm_integrity": ORT_INTEGRITY[ORT_WASM]}
@@ -119,9 +128,10 @@ def render_index(ort: dict[str, str], title: str) -> str:
     html = page.read_text(encoding="utf-8")
     import_map = {"imports": {"onnxruntime-web": ort["module"]},
                   "integrity": {ort["module"]: ort["module_integrity"]}}
-    return (html.replace("__IMPORT_MAP__", json.dumps(import_map))
-            .replace("__ORT_WASM__", json.dumps({"url": ort["wasm"], "integrity": ort["wasm_integrity"]}))
-            .replace("__TITLE__", title))
+    # each value escaped for where it goes: JSON inside <script> (no "</script>" can appear), HTML text
+    return (html.replace("__IMPORT_MAP__", script_json(import_map))
+            .replace("__ORT_WASM__", script_json({"url": ort["wasm"], "integrity": ort["wasm_integrity"]}))
+            .replace("__TITLE__", html_lib.escape(title)))
 
 
 def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
@@ -139,26 +149,14 @@ def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str],
                 ort_dist: Path | None) -> None:
     """Write every file of the page into the (empty) `folder`."""
     data, note = web_model_bytes(model, gen)
-    (folder / model.name).write_bytes(data)
-    sidecar = {"model": model.name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
+    name = page_model_name(model)
+    (folder / name).write_bytes(data)
+    sidecar = {"model": name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     ort = copy_ort(ort_dist, folder) if ort_dist is not None else ort
     (folder / "index.html").write_text(render_index(ort, f"PicoGPT: {model.stem}"), encoding="utf-8")
     module = resources.files("picogpt.runtime") / "webpage" / "picogpt.js"
     (folder / "picogpt.js").write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
-
-
-def check_target(out: Path) -> None:
-    """Refuse, before any work, an -o that cannot become the page folder."""
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.exists() and not out.is_dir():
-        raise PicoError(f"-o {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SIDECAR).is_file():
-        raise PicoError(f"-o {out} is a folder that picogpt-web did not write: choose an empty or new folder")
-    if not parent.is_dir():
-        raise PicoError(f"-o {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PicoError(f"-o {out} cannot be written (permission denied in {parent})")
 
 
 def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None = None,
@@ -167,7 +165,15 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
     if ort_dir is not None and ort_url is not None:
         raise PicoError("--ort-dir and --ort-url exclude each other: ORT is either copied in or loaded from a URL")
     ort = None if ort_dir is not None else cdn_ort(ort_url or ORT_CDN)
+    if not str(out):
+        raise PicoError("-o is empty: give a folder")
+    out = out.resolve()  # `-o .` and `-o ..` name a folder too
     check_target(out)
+    if out in model.resolve().parents:
+        raise PicoError(f"-o {out} holds the model {model}: replacing the folder would delete it; choose another")
+    if model.is_file() and has_external_data(model.read_bytes()):
+        raise PicoError(f"{model} keeps its weights in a separate data file, which the page cannot load: export it "
+                        "again as one file (picogpt-export writes one)")
     gen, meta = read_model(model, overlap)
     if gen.metadata.get("quantization", "none") not in FP32_ARITHMETIC:
         click.echo(f"note: {model.name} quantizes activations to int8 as it runs "
@@ -175,9 +181,11 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
                    "(WASM and native floats differ in the last bit); a file exported with --quantize int8-weights "
                    "computes in fp32 and stays identical", err=True)
     ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = out.parent
+    remove_stale_work_dirs(parent, f".{out.name}.picogpt-web-")
+    remove_stale_work_dirs(parent, f".{out.name}.old-")
     try:
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.picogpt-web-", dir=parent))
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.picogpt-web-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise PicoError(f"-o {out} cannot be written ({exc.strerror})") from None
     old = None
@@ -185,7 +193,7 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
         fill_folder(work, model, gen, meta, ort, ort_dist)
         os.chmod(work, 0o755)  # mkdtemp makes it 0700: a static host must be able to read it
         if out.exists():  # a page written earlier: swap it out, then remove it
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-")
             out.rename(old)
         try:
             work.rename(out)
@@ -240,10 +248,10 @@ def serve(folder: Path, port: int) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path), required=False)
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("picogpt-web"),
+@click.argument("model", type=path_type(), required=False)
+@click.option("-o", "--output", "out", type=path_type(), default=Path("picogpt-web"),
               show_default=True, help="The folder to write (replaced if picogpt-web wrote it before).")
-@click.option("--ort-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--ort-dir", type=path_type(), default=None,
               help=f"An installed npm onnxruntime-web@{ORT_WEB_VERSION} (its --prefix, node_modules or package): "
                    "copy ORT into the folder, so the page works offline. Default: the pinned CDN URL.")
 @click.option("--ort-url", default=None, help=f"Load ORT from this copy of onnxruntime-web@{ORT_WEB_VERSION}'s dist "

@@ -142,3 +142,27 @@ def web_variant(model: bytes, n_layer: int, n_head: int, head_size: int) -> byte
     if not found:
         raise PicoError("the model file has no graph")
     return b"".join(parts)
+
+
+TENSOR_DATA_LOCATION, EXTERNAL = 14, 1  # TensorProto.data_location = EXTERNAL
+
+
+def has_external_data(model: bytes) -> bool:
+    """True if an initializer of the graph keeps its values in a separate file (TensorProto data_location);
+    False for bytes that are not a model (the loader says what is wrong with them)."""
+    try:
+        return any(_external_initializers(model))
+    except (PicoError, IndexError):
+        return False
+
+
+def _external_initializers(model: bytes) -> Iterator[bool]:
+    for number, _, field in fields(model):
+        if number != MODEL_GRAPH:
+            continue
+        for n, _, init in fields(payload(field)):
+            if n != GRAPH_INITIALIZER:
+                continue
+            for k, wire, value in fields(payload(init)):
+                if k == TENSOR_DATA_LOCATION and wire == 0:
+                    yield read_varint(value, 1)[0] == EXTERNAL

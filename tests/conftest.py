@@ -165,3 +165,30 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Pat
 def tiny_ckpt(tiny_run: Path) -> Path:
     return tiny_run / "ckpt.pt"
 
+
+
+def run_main(main, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """A CLI run inside this process, for refusals that fire before any work (a subprocess costs seconds): the
+    exit code, stdout and stderr; an exception that escapes the CLI shows as a traceback, as a user would see it."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, list(args), input=input, catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, stderr)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Ctrl-C, as a user stops a command; SIGKILL when it is not honoured, so a test never hangs on it."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import assert_one_line_error, meta_of, plain_onnx, require_web, run_cli
+from conftest import assert_one_line_error, meta_of, plain_onnx, require_web, run_cli, stop_process
 from picogpt.runtime import Generator, bundled_model_path
 from picogpt.runtime.web import ORT_INTEGRITY, ORT_MODULE, ORT_WASM, ORT_WEB_VERSION, integrity
 from picogpt.runtime.webgraph import web_variant
@@ -143,7 +143,6 @@ def test_integrity_hashes_are_the_npm_packages() -> None:
 
 
 def test_serve_previews_the_folder_on_localhost(tmp_path: Path) -> None:
-    import signal
     import urllib.request
 
     out = tmp_path / "site"
@@ -158,6 +157,5 @@ def test_serve_previews_the_folder_on_localhost(tmp_path: Path) -> None:
         with urllib.request.urlopen(url + "picogpt.js", timeout=10) as r:
             assert r.headers["Content-Type"].startswith("text/javascript")
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+        stop_process(proc)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from picogpt.errors import PicoError
-from picogpt.tokenizer import CharTokenizer
+from picogpt.tokenizer import UNKNOWN_ID, CharTokenizer
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_CHARS = 1_115_394
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINYSHAKESPEARE_FILE = "tinyshakespeare.txt"
+TOO_SHORT_HINT = "use more text"
 
 
 def cache_dir() -> Path:
@@ -101,7 +102,7 @@ class TokenData:
     arrays), sampled at random offsets."""
 
     def __init__(self, ids: np.ndarray, seq_len: int, val_fraction: float = 0.1, name: str = "text",
-                 val_ids: np.ndarray | None = None) -> None:
+                 val_ids: np.ndarray | None = None, hint: str = TOO_SHORT_HINT) -> None:
         if val_ids is None:
             n_val = int(len(ids) * val_fraction)
             ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
@@ -111,7 +112,7 @@ class TokenData:
         if len(self.train) < need or len(self.val) < need:
             raise PicoError(
                 f"{name} is too short: {len(self.train):,} train / {len(self.val):,} val characters, "
-                f"but one training sequence needs {need:,} in each (lower --seq-windows or use more text)"
+                f"but one sequence needs {need:,} in each ({hint})"
             )
 
     def shard(self, rank: int, world: int) -> None:
@@ -136,19 +137,24 @@ class TokenData:
         return rows[:, :-1], rows[:, 1:]
 
 
-def open_ids(path: Path, tokenizer: CharTokenizer) -> np.ndarray:
-    """Memory-map a prepared .bin of uint8 ids, refusing an empty file or ids outside the vocabulary."""
+def open_ids(path: Path, tokenizer: CharTokenizer) -> tuple[np.ndarray, int]:
+    """Memory-map a prepared .bin of uint8 ids, refusing an empty file or ids outside the vocabulary; returns the
+    ids and how many are <?> (characters that were outside the vocabulary when the file was prepared)."""
     if path.stat().st_size == 0:
         raise PicoError(f"{path} is empty: prepare it again with picogpt-prepare")
     ids = np.memmap(path, dtype=np.uint8, mode="r")
-    top = max(int(ids[i : i + 2**26].max()) for i in range(0, len(ids), 2**26))  # in chunks: bounded memory
+    top, unknown = 0, 0
+    for i in range(0, len(ids), 2**26):  # in chunks: bounded memory
+        chunk = np.asarray(ids[i : i + 2**26])
+        top, unknown = max(top, int(chunk.max())), unknown + int(np.count_nonzero(chunk == UNKNOWN_ID))
     if top >= tokenizer.vocab_size:
         raise PicoError(f"{path} holds id {top}, outside this tokenizer's {tokenizer.vocab_size} ids: "
                         "it is not a picogpt-prepare file (give a text file, or prepare it again)")
-    return ids
+    return ids, unknown
 
 
-def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, name: str) -> tuple[TokenData, int]:
+def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, name: str,
+                    hint: str = TOO_SHORT_HINT) -> tuple[TokenData, int]:
     """Text file (or tinyshakespeare, found or downloaded) -> TokenData, unknown-char count.
 
     A `.bin` file of uint8 ids is memory-mapped instead of re-encoded; `picogpt-prepare` writes
@@ -158,9 +164,10 @@ def load_token_data(path: str | None, tokenizer: CharTokenizer, seq_len: int, na
         check_data_file(Path(path))
         val_path = Path(path).with_name("val.bin")
         has_val = Path(path).name == "train.bin" and val_path.is_file()
-        val = open_ids(val_path, tokenizer) if has_val else None
-        return TokenData(open_ids(Path(path), tokenizer), seq_len, name=name, val_ids=val), 0
+        val, val_unknown = open_ids(val_path, tokenizer) if has_val else (None, 0)
+        ids, unknown = open_ids(Path(path), tokenizer)
+        return TokenData(ids, seq_len, name=name, val_ids=val, hint=hint), unknown + val_unknown
     if path is None:
         path = str(find_tinyshakespeare())
     ids, unknown = encode_array(read_text_file(path), tokenizer)
-    return TokenData(ids, seq_len, name=str(path)), unknown
+    return TokenData(ids, seq_len, name=str(path), hint=hint), unknown

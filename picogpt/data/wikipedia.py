@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -21,6 +21,37 @@ def is_val_article(article_id: str, val_percent: float) -> bool:
     return zlib.crc32(str(article_id).encode("utf-8")) % 10_000 < val_percent * 100
 
 
+def check_val_percent(val_percent: float) -> None:
+    """Both splits must get articles: 0 leaves validation empty, 100 training."""
+    if not 0 < val_percent < 100:
+        raise PicoError(f"--val-percent must be between 0 and 100 (exclusive), got {val_percent}")
+
+
+def check_article(article: object, where: str) -> None:
+    """An article needs a string or integer `id` and a string (or missing) `text`."""
+    if not isinstance(article, Mapping):
+        raise PicoError(f"--data-files: {where} holds a {type(article).__name__}, not an article object")
+    if not isinstance(article.get("id"), (str, int)) or isinstance(article.get("id"), bool):
+        raise PicoError(f"--data-files: {where} has an id of type {type(article.get('id')).__name__}; "
+                        "Wikipedia's schema needs a string")
+    if not isinstance(article.get("text"), (str, type(None))):
+        raise PicoError(f"--data-files: {where} has a text of type {type(article['text']).__name__}; "
+                        "Wikipedia's schema needs a string")
+
+
+def check_parquet_schema(name: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(name)
+    for column, ok in (("id", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+                        or pa.types.is_integer(t)),
+                       ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))):
+        if column in schema.names and not ok(schema.field(column).type):
+            raise PicoError(f"--data-files: {name} has a column {column!r} of type {schema.field(column).type}; "
+                            "Wikipedia's schema needs a string")
+
+
 def check_article_files(files: list[str]) -> None:
     """Refuse a damaged file of a local Wikipedia set before training starts (streaming would only
     reach it hundreds of steps in): parquet footers must read, JSON lines must parse."""
@@ -29,20 +60,22 @@ def check_article_files(files: list[str]) -> None:
     for name in files:
         try:
             if name.endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                pq.read_metadata(name)
+                check_parquet_schema(name)
             else:
                 with open(name, encoding="utf-8") as f:
                     try:  # JSON lines, one article each ...
-                        for line in f:
+                        for number, line in enumerate(f, start=1):
                             if line.strip():
-                                json.loads(line)
+                                check_article(json.loads(line), f"{name} line {number}")
                     except ValueError:
                         if name.endswith(".jsonl"):
                             raise
                         f.seek(0)
-                        json.load(f)  # ... or one JSON document
+                        doc = json.load(f)  # ... or one JSON document
+                        for article in doc if isinstance(doc, list) else [doc]:
+                            check_article(article, name)
+        except PicoError:
+            raise
         except Exception as exc:  # pyarrow, json and unicode errors: all mean the same to the user
             raise PicoError(f"--data-files: {name} is damaged ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); fix or remove it") from None
@@ -61,6 +94,12 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
     except ImportError:
         raise PicoError("the wikipedia dataset needs the `datasets` package: pip install 'picogpt[train]'") from None
     datasets.logging.set_verbosity_error()
+    try:  # the hub client logs every retry of an unreachable host: the one-line error below says it
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
     how = {"streaming": True} if streaming else {"streaming": False, "num_proc": num_proc}
     try:
         if data_files:

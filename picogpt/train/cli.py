@@ -10,11 +10,11 @@ import click
 
 from picogpt.config import GPTConfig
 from picogpt.data import DATASETS, DataConfig
-from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME
-from picogpt.errors import cli_errors
+from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, check_val_percent
+from picogpt.errors import PicoError, cli_errors, path_type
 from picogpt.train.loop import RunOptions, train
 from picogpt.train.presets import DEFAULT_PRESET, PRESETS, preset_of, resolve_preset
-from picogpt.train.recipe import RESUME_HELP, TrainConfig
+from picogpt.train.recipe import RESUME_HELP, TrainConfig, check_shape
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +29,7 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig
 @click.option("--wiki-config", default=WIKI_DEFAULT_CONFIG, show_default=True)
 @click.option("--val-percent", type=float, default=1.0, show_default=True,
               help="Wikipedia: percent of articles held out for validation (by a hash of the id).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--out", type=path_type(), default=Path("out"), show_default=True)
 @click.option("--model", default=None,
               help=f"Model preset: {', '.join(PRESETS)}, or auto (the preset measured best for --max-minutes). "
                    f"Default: auto with --max-minutes, else {DEFAULT_PRESET} (the seed's 6.34M model).")
@@ -78,9 +78,17 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
     ctx = click.get_current_context()
     given = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if max_minutes is not None and max_minutes <= 0:  # before the preset table is read with it
+        raise PicoError(f"--max-minutes must be > 0, got {max_minutes}")
     preset = resolve_preset(model or ("auto" if max_minutes else DEFAULT_PRESET), max_minutes)
     shape = {"context_len": context_len, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "dropout": dropout}
-    config = PRESETS[preset].config(**shape)
+    check_shape(shape)
+    if dataset == "wikipedia":
+        check_val_percent(val_percent)
+    try:
+        config = PRESETS[preset].config(**shape)
+    except PicoError as exc:  # n_embd not divisible by n_head: both flags
+        raise PicoError(f"--n-embd / --n-head: {exc}") from None
     if resume and not given & {"model", *shape}:
         config = None  # the checkpoint's model
     tc = TrainConfig(model=preset_of(config) if config else preset, optimizer=optimizer,
@@ -91,6 +99,8 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
                      schedule=schedule, cooldown_frac=cooldown_frac, warmup_iters=warmup_iters,
                      max_iters=TrainConfig.max_iters if max_iters is None else max_iters, eval_interval=eval_interval,
                      eval_iters=eval_iters, seed=seed)
+    # stored resolved: --resume and picogpt-eval from another folder read the same file
+    path = str(Path(path).resolve()) if path else path
     data = DataConfig(dataset, path, files, wiki_name, wiki_config, val_percent)
     explicit = given & (set(TrainConfig.__dataclass_fields__) | set(DataConfig.FLAGS))
     opts = RunOptions(out, threads, max_minutes, resume, overwrite, progress=not quiet,

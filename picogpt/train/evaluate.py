@@ -153,7 +153,8 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
     if data_config.path is not None and not Path(data_config.path).exists():
         raise PicoError(f"{ckpt_path} was trained on {data_config.path}, which is not there now: "
                         "pass its new place with --data PATH")
-    data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None)
+    data = open_data(data_config, tokenizer, windows * model.config.context_len, seed, warn=lambda m: None,
+                     hint=f"{windows} windows of this model need more: pass a longer text with --data")
     if isinstance(getattr(data, "val", None), np.ndarray):
         return stream_report(model, data.val, windows * model.config.context_len, overlap)
     batch_size = tc.get("batch_size", 12)
@@ -161,6 +162,7 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
     zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
     print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
     print_windows(carried, zeroed, None)
+    print(f"  mean  {carried.mean():7.4f}  {zeroed.mean():6.4f}  {zeroed.mean() - carried.mean():+.4f}")
     return carried, zeroed
 
 

@@ -23,12 +23,13 @@ import torch
 from picogpt.checkpoint import load_checkpoint, save_checkpoint
 from picogpt.config import GPTConfig
 from picogpt.contract import fused_unsupported
-from picogpt.data import DataConfig, open_data
+from picogpt.data import DataConfig, data_file_record, open_data
 from picogpt.data.text import TokenData
 from picogpt.errors import PicoError
 from picogpt.model import GPT
 from picogpt.system import check_memory, physical_cores
 from picogpt.tokenizer import CharTokenizer
+from picogpt.train import recipe
 from picogpt.train.distributed import Dist, init_distributed, peer_lost
 from picogpt.train.malloc import keep_heap_memory
 from picogpt.train.optim import make_optimizer
@@ -88,8 +89,7 @@ class TrainingRun:
         workers = 1 if dist.enabled else (self.threads if tc.batch_size >= self.threads else 1)
         keep_heap_memory()
         torch.set_num_threads(1 if workers > 1 else self.threads)
-        if dist.is_main:
-            prepare_out_dir(opts.out, opts.resume, opts.overwrite)
+        self.lock = prepare_out_dir(opts.out, opts.resume, opts.overwrite) if dist.is_main else None
         state, new_end = None, None
         if opts.resume:
             # Rank 0 reads the checkpoint and hands it to the others: other machines need no copy of it.
@@ -99,6 +99,11 @@ class TrainingRun:
             tc, config, data, new_end = resumed.tc, resumed.config, resumed.data, resumed.new_end
         self.tc, self.config, self.data_config = tc, config, data
         self._build(workers)
+        per_token = activation_bytes_per_token(config) // max(1, dist.local_world)
+        self.tc = tc = recipe.settle_cooldown(tc, resumed.cooldown_windows if state is not None else None,
+                                              lambda t: recipe.check_cooldown(t, config, self.data, per_token),
+                                              self.warn)
+        self.data_file = data_file_record(data, state, self.warn)
         self.step, self.horizon, self.elapsed_before, self.logged_already = 0, tc.max_iters, 0.0, False
         if state is not None:
             self._restore(state, new_end)
@@ -117,8 +122,11 @@ class TrainingRun:
         tc, config, dist = self.tc, self.config, self.dist
         self.tokenizer = CharTokenizer()
         self.seq_len = tc.seq_windows * config.context_len
-        check_memory(tc.batch_size * self.seq_len * activation_bytes_per_token(config) // max(1, dist.local_world),
-                     f"a batch of {tc.batch_size} x {self.seq_len} characters", "--batch-size")
+        per_token = activation_bytes_per_token(config) // max(1, dist.local_world)
+        # one sequence that does not fit is --seq-windows' fault; a batch of them, --batch-size's
+        check_memory(self.seq_len * per_token, f"a sequence of {self.seq_len:,} characters", "--seq-windows")
+        check_memory(tc.batch_size * self.seq_len * per_token, f"a batch of {tc.batch_size} x {self.seq_len} "
+                     "characters", "--batch-size")
         self.data = open_data(self.data_config, self.tokenizer, self.seq_len, tc.seed, warn=self.warn,
                               shard=(dist.rank, dist.world))
         torch.manual_seed(tc.seed)
@@ -132,10 +140,14 @@ class TrainingRun:
         self.tokens_per_step = tc.batch_size * self.seq_len * dist.world
 
     def _restore(self, state: dict[str, Any], new_end: int | None) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.bit_generator.state = state["rng"]["numpy"]
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise PicoError(f"{self.ckpt_path}: its model, optimizer or rng state cannot be restored "
+                            f"({type(exc).__name__}): the file is damaged") from None
         self.step, self.horizon, self.elapsed_before = state["step"], state["horizon"], state["elapsed"]
         if new_end is not None:
             self.horizon = max(self.step, new_end)
@@ -154,7 +166,7 @@ class TrainingRun:
             "config": self.config.to_dict(), "tokenizer": self.tokenizer.to_json(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "train_config": asdict(self.tc),
             "data_config": self.data_config.to_dict(), "step": self.step, "horizon": self.horizon,
-            "elapsed": self.elapsed(), "val_loss": val_loss, "world_size": self.dist.world,
+            "elapsed": self.elapsed(), "val_loss": val_loss, "world_size": self.dist.world, "data_file": self.data_file,
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
         })
         self.stopper.saving = False
@@ -271,6 +283,8 @@ class TrainingRun:
             bar.close()
             self.runner.close()
             self.stopper.restore()
+            if self.lock is not None:
+                self.lock.release()
         if not interrupted:
             return self.record
         if dist.is_main:

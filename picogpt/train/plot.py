@@ -27,6 +27,6 @@ def write_loss_plot(log_path: Path, png_path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, metadata={"Software": "picogpt-train"})
     plt.close(fig)
     os.replace(tmp, png_path)

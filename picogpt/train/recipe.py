@@ -12,7 +12,8 @@ from typing import Any
 from picogpt.config import GPTConfig
 from picogpt.data import DataConfig
 from picogpt.errors import PicoError
-from picogpt.system import check_threads
+from picogpt.system import check_memory, check_threads
+from picogpt.tokenizer import CharTokenizer
 from picogpt.train.distributed import Dist
 from picogpt.train.optim import OPTIMIZERS, lr_factor
 from picogpt.train.presets import DEFAULT_PRESET, PRESETS, preset_of
@@ -79,12 +80,64 @@ def check_recipe(tc: TrainConfig, threads: int | None, max_minutes: float | None
         raise PicoError("--max-iters, --eval-interval and --eval-iters must be >= 1")
     if max_minutes is not None and max_minutes <= 0:
         raise PicoError(f"--max-minutes must be > 0, got {max_minutes}")
-    if not (tc.lr > 0 and math.isfinite(tc.lr)):
-        raise PicoError(f"--lr must be a positive number, got {tc.lr}")
+    if not (0 < tc.lr <= MAX_LR and math.isfinite(tc.lr)):
+        raise PicoError(f"--lr must be a positive number up to {MAX_LR:g} (the optimizers step in float32), "
+                        f"got {tc.lr}")
+    if tc.warmup_iters < 0:
+        raise PicoError(f"--warmup-iters must be >= 0, got {tc.warmup_iters}")
     if tc.optimizer not in OPTIMIZERS:
         raise PicoError(f"unknown --optimizer {tc.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if not 0.0 <= tc.cooldown_frac <= 1.0:
         raise PicoError(f"--cooldown-frac must be in [0, 1], got {tc.cooldown_frac}")
+
+
+MAX_LR = 1e30
+SHAPE_FLAGS = {"context_len": ("--context-len", 2), "n_layer": ("--n-layer", 1), "n_head": ("--n-head", 1),
+               "n_embd": ("--n-embd", 1)}
+
+
+def check_shape(shape: dict[str, Any]) -> None:
+    """The model-shape flags, each named: a window needs 2 characters at least (one cannot be exported: the
+    runtime's windows would hold the slot alone), the others 1; dropout in [0, 1)."""
+    for key, (flag, least) in SHAPE_FLAGS.items():
+        if shape.get(key) is not None and shape[key] < least:
+            raise PicoError(f"{flag} must be >= {least}, got {shape[key]}")
+    if not 0.0 <= shape.get("dropout", 0.0) < 1.0:
+        raise PicoError(f"--dropout must be in [0, 1), got {shape['dropout']}")
+
+
+def check_cooldown(tc: TrainConfig, config: GPTConfig, data: Any, bytes_per_token: int) -> None:
+    """A --cooldown-windows that cannot work is refused before training, not when the cooldown starts: its
+    sequences must fit the training text and the memory."""
+    rows, windows = step_shape(tc, tc.max_iters, tc.max_iters)
+    if tc.schedule != "wsd" or windows == tc.seq_windows:
+        return
+    chars = windows * config.context_len
+    train = getattr(data, "train", None)
+    if train is not None and len(train) < chars + 1:
+        raise PicoError(f"--cooldown-windows {windows}: a cooldown sequence of {chars:,} characters is longer than "
+                        f"the {len(train):,} training characters; lower it (0 keeps --seq-windows)")
+    check_memory(rows * chars * bytes_per_token, f"a cooldown batch of {rows} x {chars:,} characters",
+                 "--cooldown-windows")
+
+
+def settle_cooldown(tc: TrainConfig, wanted: int | None, fits: Callable[[TrainConfig], None],
+                    warn: Callable[[str], None]) -> TrainConfig:
+    """On --resume: the stored --cooldown-windows, unless it cannot work and a new one was given (a stored value
+    that cannot work could otherwise never be fixed)."""
+    if wanted is None or wanted == tc.cooldown_windows:
+        fits(tc)
+        return tc
+    try:
+        fits(tc)
+    except PicoError as exc:
+        warn(f"note: the checkpoint's --cooldown-windows {tc.cooldown_windows} cannot work ({exc}); "
+             f"--cooldown-windows {wanted} replaces it")
+        fits(replace(tc, cooldown_windows=wanted))
+        return replace(tc, cooldown_windows=wanted)
+    warn(f"warning: --cooldown-windows {wanted} is ignored on --resume; the checkpoint's {tc.cooldown_windows} "
+         "is kept")
+    return tc
 
 
 RESUME_HELP = """Continue from OUT/ckpt.pt exactly where it stopped. The checkpoint's model, optimizer, recipe
@@ -104,6 +157,7 @@ class Resumed:
     config: GPTConfig
     data: DataConfig
     new_end: int | None
+    cooldown_windows: int | None = None  # asked for on the command line (see settle_cooldown)
 
 
 def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | None, data: DataConfig,
@@ -115,6 +169,12 @@ def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | N
     """
     if "optimizer" not in state or "train_config" not in state:
         raise PicoError(f"{ckpt_path} has no optimizer state to resume from")
+    if CharTokenizer.from_json(state["tokenizer"]) != CharTokenizer():
+        raise PicoError(f"{ckpt_path} was trained with another tokenizer than picogpt-train's: it cannot be resumed "
+                        "(its ids would change meaning)")
+    for key in ("step", "horizon", "elapsed", "rng"):
+        if key not in state:
+            raise PicoError(f"{ckpt_path} lacks '{key}': it cannot be resumed")
     stored_config = GPTConfig.from_dict(state["config"])
     stored = {**LEGACY_TRAIN, "model": preset_of(stored_config), **state["train_config"]}
     for key in ("model", "optimizer"):
@@ -123,7 +183,8 @@ def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | N
                             f"resume without --{key}, or train a new run in another --out")
     if config is not None and config != stored_config:
         raise PicoError(f"{ckpt_path} was trained with another model config: {state['config']}")
-    for key in sorted((explicit & set(TrainConfig.__dataclass_fields__)) - {"max_iters", "model", "optimizer"}):
+    skip = {"max_iters", "model", "optimizer", "cooldown_windows"}  # cooldown_windows: settle_cooldown
+    for key in sorted((explicit & set(TrainConfig.__dataclass_fields__)) - skip):
         if key in stored and getattr(tc, key) != stored[key]:
             warn(f"warning: --{key.replace('_', '-')} {getattr(tc, key)} is ignored on --resume; "
                  f"the checkpoint's {stored[key]} is kept")
@@ -139,7 +200,8 @@ def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | N
     new_end = tc.max_iters if max_iters_set and tc.max_iters != stored["max_iters"] else None
     fields = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}
     resumed = TrainConfig(**{**fields, "max_iters": tc.max_iters if max_iters_set else stored["max_iters"]})
-    return Resumed(resumed, stored_config, stored_data, new_end)
+    wanted = tc.cooldown_windows if "cooldown_windows" in explicit else None
+    return Resumed(resumed, stored_config, stored_data, new_end, wanted)
 
 
 class HorizonFitter:
