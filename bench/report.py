@@ -9,7 +9,8 @@ from picogpt.paths import MARKDOWN_MARKER, save_figure, write_atomic
 COLUMNS = [("engine", "engine", "{}"), ("threads", "thr", "{}"), ("size_mb", "size MB", "{:.1f}"),
            ("load_s", "load s", "{:.2f}"), ("prefill_ms", "prefill ms", "{:.1f}"), ("p50_ms", "p50 ms", "{:.3f}"),
            ("p50_range", "p50 min-max", "{}"), ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"),
-           ("tokens_per_s", "tok/s", "{:,.0f}"), ("overlap", "overlap", "{}"), ("overlap_share", "in overlap", "{:.1%}"),
+           ("tokens_per_s", "tok/s", "{:,.0f}"), ("overlap", "overlap", "{}"),
+           ("overlap_share", "in overlap", "{:.1%}"),
            ("peak_rss_mb", "RSS MB", "{:.0f}"),
            ("x_torch-naive", "x naive", "{:.1f}"), ("x_torch-kv", "x torch-kv", "{:.1f}"),
            ("floor_ms", "floor ms", "{:.3f}"), ("vs_floor", "/floor", "{:.1f}"), ("bound", "floor by", "{}")]

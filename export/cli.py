@@ -175,9 +175,9 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     check_arguments(output, checkpoint, json_path, data, opset, threads)
     loaded = read_checkpoint(checkpoint)
     cfg = loaded.model.config
-    overlap = resolve_overlap(overlap, cfg.context_len)
     if cfg.context_len < 2:
         raise PicoError(f"{checkpoint} has windows of {cfg.context_len} character: the runtime needs 2 at least")
+    overlap = resolve_overlap(overlap, cfg.context_len)
     why = fused_unsupported(cfg) if layout == "fused" else None
     if why:
         raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
@@ -185,13 +185,13 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
                f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
     remove_stale_work_dirs(output.parent if str(output.parent) else Path("."))
     try:
-        export_to(loaded, checkpoint, output, method, layout, opset, verify, data, threads, json_path)
+        export_to(loaded, checkpoint, output, method, layout, opset, verify, data, threads, json_path, overlap)
     except OSError as exc:  # a full disk or a folder gone while writing: the earlier -o file is untouched
         raise PicoError(f"-o {output}: writing failed ({exc.strerror or exc}); nothing was replaced") from None
 
 
 def export_to(loaded: Loaded, checkpoint: Path, output: Path, method: str, layout: str, opset: int, verify: bool,
-              data: str | None, threads: int, json_path: Path | None) -> None:
+              data: str | None, threads: int, json_path: Path | None, overlap: int) -> None:
     """Build, verify and write the file (and the --json report) through a work folder beside the output."""
     import onnx
     import torch
