@@ -174,7 +174,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     if why:
         raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
-               f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
+               f"{cfg.num_params() / 1e6:.2f}M parameters)")
     folder = output.parent if str(output.parent) else Path(".")
     remove_stale_work_dirs(folder)
     work = Path(tempfile.mkdtemp(prefix=f".picogpt-export-{os.getpid()}-", dir=folder))

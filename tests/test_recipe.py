@@ -224,3 +224,19 @@ def test_the_cooldown_trades_sequences_for_windows_at_the_same_tokens() -> None:
     data = TokenData(np.arange(5000) % 80, seq_len=32)
     x, y = data.batch("train", 8, np.random.default_rng(0), seq_len=64)
     assert x.shape == y.shape == (8, 64) and (y[:, :-1] == x[:, 1:]).all()
+
+
+def test_the_cooldown_cost_is_timed_on_the_cooldown_s_shape_and_never_below_one() -> None:
+    from picogpt.train.recipe import TrainConfig, cooldown_cost
+
+    timed = []
+
+    def time_step(rows: int, length: int) -> float:
+        timed.append((rows, length))
+        return rows * length ** 1.5  # longer sequences cost more per token (attention)
+
+    tc = TrainConfig(batch_size=16, seq_windows=2, cooldown_windows=4)
+    cost = cooldown_cost(tc, 100, 128, time_step)
+    assert timed == [(16, 256), (8, 512)] and cost == pytest.approx(2 ** 0.5)
+    assert cooldown_cost(TrainConfig(batch_size=16, seq_windows=2, cooldown_windows=0), 100, 128, time_step) == 1.0
+    assert cooldown_cost(tc, 100, 128, lambda rows, length: 1.0 / rows) == 1.0  # a cheaper cooldown counts as 1

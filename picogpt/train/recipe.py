@@ -142,6 +142,17 @@ def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | N
     return Resumed(resumed, stored_config, stored_data, new_end)
 
 
+def cooldown_cost(tc: TrainConfig, horizon: int, context_len: int, time_step: Callable[[int, int], float]) -> float:
+    """A cooldown step's cost in stable steps, timed once before training with `time_step(rows, length)`: the
+    cooldown's batches may hold fewer, longer sequences. 1.0 when the shape stays. Never below 1: a cheaper
+    cooldown only ends the run a little early, a timing that errs low would cut the cooldown off."""
+    rows, windows = step_shape(tc, horizon, horizon)
+    if windows == tc.seq_windows:
+        return 1.0
+    stable = time_step(tc.batch_size, tc.seq_windows * context_len)
+    return max(1.0, time_step(rows, windows * context_len) / stable)
+
+
 class HorizonFitter:
     """With a time budget, fit the schedule's last step to the minutes, so the cooldown ends when time does.
 
