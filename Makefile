@@ -12,7 +12,7 @@ RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --i
 
 # The bundled model's recipe (see README): the base preset (the seed's 6.34M model), Muon + AdamW with a
 # warmup-stable-cooldown schedule over PRETRAINED_ITERS steps, dropout 0.1 (training only), exported int8.
-# It was trained before the cooldown on 4-window sequences became the default: --cooldown-windows 0 repeats it.
+# It was trained with one sequence length throughout: --cooldown-windows 0 repeats that.
 PRETRAINED_ITERS   ?= 3600
 PRETRAINED_MINUTES ?= 150
 PRETRAINED_DIR     ?= runs/pretrained

@@ -2,7 +2,7 @@
 
 Every engine runs in its own process, interleaved A B C ... A B C over the rounds; the table
 quotes medians (and min-max) of the rounds, the speed-up over both torch baselines, and the
-roofline: achieved ms/token over the floor the box's bandwidth / GEMM rate allows.
+roofline: achieved ms/token over the floor the machine's bandwidth / GEMM rate allows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from picogpt.bench.quality import quality
+from picogpt.bench.results import envelope, load_results, write_result
 from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
 from picogpt.errors import PicoError, check_writable_file, cli_errors
@@ -121,7 +122,8 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
          tokens: int, naive_tokens: int, quick: bool, json_path: Path | None, md_path: Path | None,
          plot_path: Path | None) -> None:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
-    from picogpt.bench.report import print_table, write_markdown, write_plot
+    from picogpt.bench.report import print_table, write_plot
+    from picogpt.bench.results_page import latency_section, provenance
 
     for path, flag in ((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")):
         check_writable_file(path, flag)
@@ -165,11 +167,10 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
-    result = {"machine": info, "roofline": machine, "busy": busy, "rows": rows}
-    if json_path:
-        json_path.write_text(json.dumps(result, indent=2))
+    result = envelope("latency", "picogpt-bench", rows, roofline=machine, busy=busy)
+    write_result(json_path, result)
     if md_path:
-        write_markdown(md_path, result)
+        md_path.write_text("\n".join(provenance(None, result) + latency_section(None, result)) + "\n")
     if plot_path:
         write_plot(plot_path, rows)
 
@@ -192,6 +193,31 @@ def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
             ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]), None)
             row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
     return rows
+
+
+@main.command("report", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--results", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/results"),
+              show_default=True, help="The result files (*.json) the benchmarks wrote with --json.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/results.md"),
+              show_default=True)
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=Path("README.md"),
+              show_default=True, help="Its Results table (between the results markers) is rendered too.")
+@click.option("--no-plots", is_flag=True, help="Leave the PNG plots beside the JSON as they are.")
+@cli_errors
+def report(folder: Path, out: Path, readme: Path, no_plots: bool) -> None:
+    """Render docs/results.md (tables and plots) and the README's Results table from the stored JSON."""
+    from picogpt.bench.results_page import render_page, render_readme_table, replace_readme_table, write_plots
+
+    results = load_results(folder)
+    check_writable_file(out, "--out")
+    text = readme.read_text() if readme.is_file() else None
+    if text is None:
+        raise PicoError(f"--readme: file not found: {readme}")
+    out.write_text(render_page(results, os.path.relpath(folder, out.parent or Path("."))))
+    readme.write_text(replace_readme_table(text, render_readme_table(results)))
+    plots = [] if no_plots else write_plots(results, folder)
+    click.echo(f"wrote {out} and the Results table of {readme} from {len(results)} result file(s)"
+               + (f"; plots: {', '.join(p.name for p in plots)}" if plots else ""))
 
 
 main.add_command(quality)

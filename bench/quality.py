@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from picogpt.bench.results import envelope, write_result
 from picogpt.config import GPTConfig
 from picogpt.errors import PicoError, check_writable_file, cli_errors, make_output_dir
 from picogpt.system import check_threads
@@ -214,8 +215,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
             scores.append({"file": str(f), **r})
             click.echo(f"{f}: val {r['val_loss']:.4f} on {r['targets']:,} characters ({r['quantization']}, "
                        "streamed through the runtime in 1,280-character sequences)")
-        if json_path:
-            json_path.write_text(json.dumps(scores, indent=2))
+        write_result(json_path, envelope("score", "picogpt-bench", scores))
         return
     from picogpt.bench.system_info import busy_report, machine_report
 
@@ -238,8 +238,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
                        f"after {rows[-1]['steps']:,} steps", err=True)
     lines = table_lines(rows)
     click.echo("\n".join(lines))
-    if json_path:
-        json_path.write_text(json.dumps(rows, indent=2))
+    write_result(json_path, envelope("quality", "picogpt-bench", rows))
     if md_path:
         md_path.write_text("\n".join(lines) + "\n")
     if plot_path:

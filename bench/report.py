@@ -64,19 +64,6 @@ def print_table(rows: list[dict]) -> None:
     console.print(table)
 
 
-def write_markdown(path: Path, result: dict) -> None:
-    m = result["machine"]
-    lines = [f"Machine: {m['text']}", "",
-             f"Roofline probe (1 core): {result['roofline']['bandwidth_gbs']:.1f} GB/s, "
-             f"{result['roofline']['gemm_gflops']:.0f} GFLOP/s fp32 GEMM", "",
-             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in result["rows"]]
-    if result.get("busy"):
-        lines += ["", f"Warning: measured on a busy machine ({result['busy']})."]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def write_plot(path: Path, rows: list[dict]) -> None:
     import matplotlib
 

@@ -58,8 +58,8 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> t
 class Linear(nn.Linear):
     """nn.Linear computed as a matmul plus an in-place bias add.
 
-    Same parameters and names as nn.Linear; on this class of CPU, `addmm` (what F.linear
-    uses with a bias) measured ~1.5x slower than `mm` followed by a broadcast add.
+    Same parameters and names as nn.Linear; on CPU, `addmm` (what F.linear uses with a bias) is slower than
+    `mm` followed by a broadcast add (docs/design.md, "The training step").
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,7 @@ class TrainingRun:
         self.logged_already = bool(self.dist.from_main(logged))
 
     def elapsed(self) -> float:
-        """Seconds of training, earlier sessions of a resumed run included."""
+        """Seconds of training, the time before a resume included."""
         return self.elapsed_before + time.perf_counter() - self.t0
 
     def save(self, val_loss: float | None) -> None:
