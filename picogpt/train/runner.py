@@ -24,7 +24,8 @@ class StepRunner:
 
     On a 2-core CPU, two threads each running the model on half the batch with a single
     intra-op thread train faster than one pass with 2 intra-op threads: the small ops of a
-    129-position window do not split well across cores (docs/design.md, "The training step"). Each worker returns its own
+    129-position window do not split well across cores (docs/design.md, "The training
+    step"). Each worker returns its own
     gradients and they are summed in a fixed order, so the result is deterministic.
     """
 
