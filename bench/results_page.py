@@ -74,6 +74,10 @@ def muon_cost(r: dict) -> tuple[float, float, float] | None:
     return 1 - by["picogpt-muon"]["median_tok_s"] / by["picogpt"]["median_tok_s"], min(rounds), max(rounds)
 
 
+def fewer_or_more(cost: float) -> str:
+    return f"{cost:.1%} fewer" if cost >= 0 else f"{-cost:.1%} more"
+
+
 def train_speed_section(name: str, r: dict) -> list[str]:
     s = r["setup"]
     lines = [f"{s['preset']} preset, batch {s['batch_size']} x {s['seq_windows']} windows, {s['threads']} threads.",
@@ -82,7 +86,7 @@ def train_speed_section(name: str, r: dict) -> list[str]:
               f"{', '.join(f'{x:,.0f}' for x in row['rounds_tok_s'])} |" for row in r["rows"]]
     cost = muon_cost(r)
     if cost:
-        lines += ["", f"Muon: {cost[0]:.1%} fewer tokens/s than AdamW at the same tokens per step "
+        lines += ["", f"Muon: {fewer_or_more(cost[0])} tokens/s than AdamW at the same tokens per step "
                       f"(rounds: {cost[1]:.1%} to {cost[2]:.1%})."]
     return lines
 
@@ -168,7 +172,7 @@ def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
             rows += [(f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} on {x['targets']:,} "
                       "characters", r) for x in data]
         elif kind == "train-speed" and muon_cost(r):
-            rows.append(("Muon's cost per step", f"{muon_cost(r)[0]:.1%} fewer tokens/s than AdamW "
+            rows.append(("Muon's cost per step", f"{fewer_or_more(muon_cost(r)[0])} tokens/s than AdamW "
                          f"({r['setup']['preset']}, batch {r['setup']['batch_size']} x {r['setup']['seq_windows']})",
                          r))
         elif kind == "web-speed":
