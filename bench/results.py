@@ -62,7 +62,7 @@ def command_line(program: str, argv: list[str] | None = None) -> str:
                 arg = "~/" + str(p.relative_to(home))
         args.append(arg)
     env = "PICOGPT_DATA=... " if os.environ.get("PICOGPT_DATA") else ""
-    return env + shlex.join([program, *args])
+    return env + shlex.join([*program.split(), *args])
 
 
 def envelope(benchmark: str, program: str, rows: list, extra_versions: dict[str, str] | None = None,

@@ -155,7 +155,7 @@ def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
             ort = min((x for x in data if x["threads"] == t and x["engine"].startswith("ort")),
                       key=lambda x: x["p50_ms"], default=None)
             if ort and ort.get("x_torch-kv"):
-                rows.append(("Decode speed against torch", f"{ort['engine']} {ort['tokens_per_s']:,.0f} tokens/s, "
+                rows.append(("Decode speed against torch", f"{ort['engine']} {ort['p50_ms']:.3f} ms/token (median): "
                              f"{ort['x_torch-kv']:.1f}x torch with a KV cache, {ort['x_torch-naive']:.0f}x torch "
                              f"without ({t} thread)", r))
             peers = [x for x in data if x["threads"] == t and x["engine"].startswith("llama")]
@@ -166,8 +166,9 @@ def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
         elif kind == "quality":
             for minutes in sorted({x["minutes"] for x in data}):
                 best = min((x for x in data if x["minutes"] == minutes), key=lambda x: x["val_loss"])
+                steps = f"{best['steps']:,} step" + ("s" if best["steps"] != 1 else "")
                 rows.append((f"Quality after {minutes:g} CPU-minutes", f"val loss {best['val_loss']:.4f} "
-                             f"({best['recipe']}, {best['preset']}, {best['steps']:,} steps)", r))
+                             f"({best['recipe']}, {best['preset']}, {steps})", r))
         elif kind == "score":
             rows += [(f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} on {x['targets']:,} "
                       "characters", r) for x in data]
