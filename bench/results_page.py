@@ -13,6 +13,7 @@ from pathlib import Path
 from picogpt.bench.quality import table_lines
 from picogpt.bench.report import COLUMNS, cells
 from picogpt.errors import PicoError
+from picogpt.runtime.generator import BUNDLED_MODEL
 
 README_BEGIN = "<!-- results: rendered by `picogpt-bench report` from docs/results/*.json -->"
 README_END = "<!-- end of results -->"
@@ -148,7 +149,7 @@ def render_page(results: list[tuple[str, dict]], plot_folder: str = "results") -
 def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
     """(what, figure, the result it comes from) for the README's short table."""
     rows = []
-    for _, r in results:
+    for _, r in sorted(results, key=lambda nr: list(SECTIONS).index(nr[1]["benchmark"])):  # stable: names within
         kind, data = r["benchmark"], r["rows"]
         if kind == "latency":
             t = min(row["threads"] for row in data)
@@ -170,7 +171,8 @@ def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
                 rows.append((f"Quality after {minutes:g} CPU-minutes", f"val loss {best['val_loss']:.4f} "
                              f"({best['recipe']}, {best['preset']}, {steps})", r))
         elif kind == "score":
-            rows += [(f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} on {x['targets']:,} "
+            rows += [("The bundled model's score" if Path(x["file"]).name == BUNDLED_MODEL else
+                      f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} on {x['targets']:,} "
                       "characters", r) for x in data]
         elif kind == "train-speed" and muon_cost(r):
             rows.append(("Muon's cost per step", f"{fewer_or_more(muon_cost(r)[0])} tokens/s than AdamW "
