@@ -102,7 +102,7 @@ def test_train_speed_compares_optimizers_and_times_newton_schulz(tmp_path: Path)
     assert low - 0.051 <= cost <= high + 0.051
     assert "target" not in proc.stdout
     assert result["benchmark"] == "train-speed" and result["setup"]["preset"] == "pico"
-    assert result["command"].startswith("python -m picogpt.bench.train_speed --engines picogpt,picogpt-muon")
+    assert "python -m picogpt.bench.train_speed --engines picogpt,picogpt-muon" in result["command"]
     proc = run_cli("picogpt.bench.train_speed", "--newton-schulz", "--model", "pico", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     full, floor = (float(part.split(" ms")[0].split()[-1]) for part in proc.stdout.split(";"))
