@@ -8,11 +8,11 @@ DEMO_DIR ?= runs/demo
 RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --ignore E741,B008,B905 \
 	--config "lint.isort.known-first-party=['picogpt','conftest']"
 
-.PHONY: demo test lint install pretrained clean check-torch-free
+.PHONY: demo test lint install pretrained clean check-torch-free web-deps
 
 # The bundled model's recipe (see README): the base preset (the seed's 6.34M model), Muon + AdamW with a
 # warmup-stable-cooldown schedule over PRETRAINED_ITERS steps, dropout 0.1 (training only), exported int8.
-# It was trained before the cooldown on 4-window sequences became the default: --cooldown-windows 0 repeats it.
+# It was trained with one sequence length throughout: --cooldown-windows 0 repeats that.
 PRETRAINED_ITERS   ?= 3600
 PRETRAINED_MINUTES ?= 150
 PRETRAINED_DIR     ?= runs/pretrained
@@ -38,9 +38,21 @@ demo: install
 lint: install
 	$(BIN)/ruff check $(RUFF_FLAGS) picogpt export runtime bench tests
 
-test: install lint
+test: install lint web-deps
 	$(BIN)/python -m pytest -q tests
 	$(MAKE) check-torch-free
+
+# The browser tests (tests/test_web_page.py) run picogpt-web's page in chromium with onnxruntime-web from npm:
+# installed once into .web-deps where npm and chromium exist; otherwise one line says what is skipped and why.
+CHROMIUM ?= $(or $(PICOGPT_CHROMIUM),/usr/bin/chromium)
+ORT_WEB_VERSION := $(shell sed -n 's/^ORT_WEB_VERSION = "\([^"]*\)".*/\1/p' runtime/web.py)
+web-deps:
+	@if ! command -v npm >/dev/null || [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "note: tests/test_web_page.py (the browser page) will be skipped: it needs npm and chromium at $(CHROMIUM)"; \
+	elif ! grep -qs '"version": "$(ORT_WEB_VERSION)"' .web-deps/node_modules/onnxruntime-web/package.json; then \
+	  npm install --prefix .web-deps --no-audit --no-fund --loglevel=error "onnxruntime-web@$(ORT_WEB_VERSION)" \
+	    || echo "note: tests/test_web_page.py (the browser page) will be skipped: npm could not install onnxruntime-web"; \
+	fi
 
 # The runtime on a base install (onnxruntime + numpy + click): a second venv without torch.
 NOTORCH := $(CURDIR)/.venv-notorch

@@ -2,7 +2,7 @@
 
 Every engine runs in its own process, interleaved A B C ... A B C over the rounds; the table
 quotes medians (and min-max) of the rounds, the speed-up over both torch baselines, and the
-roofline: achieved ms/token over the floor the box's bandwidth / GEMM rate allows.
+roofline: achieved ms/token over the floor the machine's bandwidth / GEMM rate allows.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 import click
 
 from picogpt.bench.quality import quality
+from picogpt.bench.results import envelope, load_results, write_result
 from picogpt.bench.roofline import floor_ms, measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
 from picogpt.errors import PicoError, cli_errors, path_type
-from picogpt.paths import check_output, report_json, write_atomic
+from picogpt.paths import MARKDOWN_MARKER, check_output, write_atomic
 from picogpt.system import check_threads
 from picogpt.windows import check_overlap
 
@@ -146,7 +147,8 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
          tokens: int, naive_tokens: int, overlap: int | None, quick: bool, json_path: Path | None, md_path: Path | None,
          plot_path: Path | None) -> None:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
-    from picogpt.bench.report import print_table, write_markdown, write_plot
+    from picogpt.bench.report import print_table, write_plot
+    from picogpt.bench.results_page import latency_section, provenance
 
     check_outputs(((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")),
                   [("CHECKPOINT", checkpoint), *(("--onnx", f) for f in onnx_files)])
@@ -193,11 +195,11 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
-    result = {"machine": info, "roofline": machine, "busy": busy, "rows": rows}
-    if json_path:
-        write_atomic(json_path, report_json(result, "picogpt-bench"), "--json")
+    result = envelope("latency", "picogpt-bench", rows, roofline=machine, busy=busy)
+    write_result(json_path, result)
     if md_path:
-        write_markdown(md_path, result)
+        write_atomic(md_path, MARKDOWN_MARKER + "\n" + "\n".join(provenance(None, result)
+                                                                + latency_section(None, result)) + "\n", "--markdown")
     if plot_path:
         write_plot(plot_path, rows)
 
@@ -220,6 +222,34 @@ def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
             ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]), None)
             row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
     return rows
+
+
+PAGE_HEADING = b"# Measured results\n"  # what render_page writes first: a page it may replace
+
+
+@main.command("report", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--results", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/results"),
+              show_default=True, help="The result files (*.json) the benchmarks wrote with --json.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/results.md"),
+              show_default=True)
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=Path("README.md"),
+              show_default=True, help="Its Results table (between the results markers) is rendered too.")
+@click.option("--no-plots", is_flag=True, help="Leave the PNG plots beside the JSON as they are.")
+@cli_errors
+def report(folder: Path, out: Path, readme: Path, no_plots: bool) -> None:
+    """Render docs/results.md (tables and plots) and the README's Results table from the stored JSON."""
+    from picogpt.bench.results_page import render_page, render_readme_table, replace_readme_table, write_plots
+
+    results = load_results(folder)
+    check_output(out, "--out", [("--readme", readme)], ours=lambda p: p.read_bytes().startswith(PAGE_HEADING))
+    text = readme.read_text() if readme.is_file() else None
+    if text is None:
+        raise PicoError(f"--readme: file not found: {readme}")
+    write_atomic(out, render_page(results, os.path.relpath(folder, out.parent or Path("."))), "--out")
+    write_atomic(readme, replace_readme_table(text, render_readme_table(results)), "--readme")
+    plots = [] if no_plots else write_plots(results, folder)
+    click.echo(f"wrote {out} and the Results table of {readme} from {len(results)} result file(s)"
+               + (f"; plots: {', '.join(p.name for p in plots)}" if plots else ""))
 
 
 main.add_command(quality)

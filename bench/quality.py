@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from picogpt.bench.results import envelope, write_result
 from picogpt.config import GPTConfig
 from picogpt.errors import PicoError, cli_errors, make_output_dir
 from picogpt.paths import MARKDOWN_MARKER, save_figure, write_atomic
@@ -240,8 +241,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
             click.echo(f"{f}: val {r['val_loss']:.4f} with overlap {r['overlap']}, {r['plain']:.4f} plain, on "
                        f"{r['targets']:,} characters ({r['quantization']}, streamed through the runtime in "
                        "1,280-character sequences)")
-        if json_path:
-            write_atomic(json_path, json.dumps(scores, indent=2), "--json")
+        write_result(json_path, envelope("score", "picogpt-bench", scores))
         return
     from picogpt.bench.system_info import busy_report, machine_report
 
@@ -272,8 +272,7 @@ def quality(minutes_text: str, recipes: str, presets: str | None, data: str | No
                        f"after {rows[-1]['steps']:,} steps", err=True)
     lines = table_lines(rows)
     click.echo("\n".join(lines))
-    if json_path:
-        write_atomic(json_path, json.dumps(rows, indent=2), "--json")
+    write_result(json_path, envelope("quality", "picogpt-bench", rows))
     if md_path:
         write_atomic(md_path, MARKDOWN_MARKER + "\n" + "\n".join(lines) + "\n", "--markdown")
     if plot_path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from picogpt.paths import MARKDOWN_MARKER, save_figure, write_atomic
+from picogpt.paths import save_figure
 
 COLUMNS = [("engine", "engine", "{}"), ("threads", "thr", "{}"), ("size_mb", "size MB", "{:.1f}"),
            ("load_s", "load s", "{:.2f}"), ("prefill_ms", "prefill ms", "{:.1f}"), ("p50_ms", "p50 ms", "{:.3f}"),
@@ -66,19 +66,6 @@ def print_table(rows: list[dict]) -> None:
     if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
         console = Console(width=220)
     console.print(table)
-
-
-def write_markdown(path: Path, result: dict) -> None:
-    m = result["machine"]
-    lines = [f"Machine: {m['text']}", "",
-             f"Roofline probe (1 core): {result['roofline']['bandwidth_gbs']:.1f} GB/s, "
-             f"{result['roofline']['gemm_gflops']:.0f} GFLOP/s fp32 GEMM", "",
-             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in result["rows"]]
-    if result.get("busy"):
-        lines += ["", f"Warning: measured on a busy machine ({result['busy']})."]
-    write_atomic(path, MARKDOWN_MARKER + "\n" + "\n".join(lines) + "\n", "--markdown")
 
 
 def write_plot(path: Path, rows: list[dict]) -> None:

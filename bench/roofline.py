@@ -1,4 +1,4 @@
-"""The box's own limits, measured in a few seconds: single-core memory bandwidth and fp32 GEMM rate.
+"""The machine's own limits, measured in a few seconds: single-core memory bandwidth and fp32 GEMM rate.
 
 From them, the floor of one decode step for a model file: the bytes it must stream per token
 over the bandwidth, or its FLOPs over the GEMM peak, whichever is larger.

@@ -182,7 +182,7 @@ def main(checkpoint: Path, output: Path, method: str, layout: str, opset: int, v
     if why:
         raise PicoError(f"{why}: export with --graph portable (standard ONNX ops, any head size)")
     click.echo(f"loaded {loaded.source} checkpoint {checkpoint} (step {loaded.step}, "
-               f"{loaded.model.num_params() / 1e6:.2f}M parameters)")
+               f"{cfg.num_params() / 1e6:.2f}M parameters)")
     remove_stale_work_dirs(output.parent if str(output.parent) else Path("."))
     try:
         export_to(loaded, checkpoint, output, method, layout, opset, verify, data, threads, json_path, overlap)

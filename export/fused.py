@@ -21,17 +21,20 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from picogpt.config import LN_EPS
 from picogpt.contract import fused_cache_names, io_spec, slot_id
 from picogpt.model import GPT
 
 MS_DOMAIN = "com.microsoft"
-LN_EPS = 1e-5  # the model's F.layer_norm epsilon
 
 
-class _Graph:
-    """Collects nodes and initializers with readable, unique names."""
+class FusedBuilder:
+    """Builds the fused graph of one model: the embedding, one layer at a time, the head, the I/O. Nodes and
+    initializers are collected with readable, unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: GPT) -> None:
+        self.c = model.config
+        self.sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
@@ -43,14 +46,6 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
         return outputs
 
-
-class FusedBuilder(_Graph):
-    """Builds the fused graph of one model: the embedding, one layer at a time, the head, the I/O."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.c = model.config
-        self.sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 
     def bias(self, name: str, size: int) -> np.ndarray:
         return self.sd[name] if name in self.sd else np.zeros(size, np.float32)

@@ -53,8 +53,8 @@ def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarra
 
         bits = 4 if method == "int4" else 8
         # accuracy_level 4: activations quantized to int8 inside the kernel, the fastest CPU path.
-        # Asymmetric blocks of 32: on the pretrained model the most accurate of the RTN/HQQ variants
-        # tried (block 16/32/128, symmetric or not, HQQ; see docs/onnx.md), at 4.4 MB.
+        # Asymmetric blocks of 32: the most accurate of the round-to-nearest and HQQ variants compared
+        # (block 16/32/128, symmetric or not; docs/design.md, "Quantization"), at 4.4 MB.
         cfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=4, bits=bits)
         q = MatMulNBitsQuantizer(onnx.load(src), bits=bits, block_size=32, is_symmetric=False, accuracy_level=4,
                                  algo_config=cfg)

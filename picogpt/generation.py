@@ -194,3 +194,21 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = ("" if self.stopped else self.pending), ""
         return out
+
+
+class StopMatchers:
+    """One `StopMatcher` per sample of a batch: each sample stops on its own."""
+
+    def __init__(self, stops: str | Sequence[str], samples: int) -> None:
+        self.matchers = [StopMatcher(stops) for _ in range(samples)]
+
+    def push(self, texts: list[str]) -> list[str]:
+        """Each sample's new text; a sample that has stopped adds nothing."""
+        return ["" if m.stopped else m.push(t) for m, t in zip(self.matchers, texts)]
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(m.stopped for m in self.matchers)
+
+    def flush(self) -> list[str]:
+        return [m.flush() for m in self.matchers]

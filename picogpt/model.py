@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from picogpt.config import GPTConfig
+from picogpt.config import LN_EPS, GPTConfig
 from picogpt.generation import generate_ids
 from picogpt.sampling import Sampler, SamplingConfig
 from picogpt.windows import chunk_ids, keep_recent, plan_chunks, resolve_overlap, window_spans
@@ -44,7 +44,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
@@ -163,10 +163,6 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self, include_positions: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n if include_positions else n - self.transformer.wpe.weight.numel()
 
     # ---- the shared core -------------------------------------------------------------
     def run_blocks(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from picogpt.errors import PicoError, cli_errors, path_type
-from picogpt.generation import check_request
-from picogpt.runtime.generator import Generator, Session
+from picogpt.runtime.generator import Generator, Stream
 from picogpt.sampling import SamplingConfig
 from picogpt.system import check_threads
 
@@ -23,12 +23,10 @@ def chat_prompt(question: str) -> str:
     return f"<Q> {question.strip()} </Q>\n<A>"
 
 
-def stream_to_stdout(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,
-                     stops: list[str], session: Session | None = None) -> None:
-    """Print one sample as it is produced (the generator's text stream); `gen.stats` then says how long it took."""
+def write_stream(pieces: Iterator[str]) -> None:
+    """Print one sample as it is produced; `Generator.stats` then says how long it took."""
     try:
-        for piece in gen.stream(text, max_new_tokens=max_new, sampling=sampling, seed=seed, stop=stops,
-                                session=session):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
     finally:
@@ -70,7 +68,6 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
     gen = Generator(model, threads=threads, overlap=overlap)
     load_s = time.perf_counter() - t_load
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
-    check_request(max_new_tokens, num_samples, seed, sampling, gen.config)
     stops = list(stop) + ([CHAT_STOP] if chat else [])
     if verify:
         ok, expected, got = gen.verify()
@@ -79,17 +76,19 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
         click.echo(f"fingerprint OK: {len(got)} greedy characters match the exporter's")
         return
     if interactive:
-        run_repl(gen, max_new_tokens, sampling, seed, stops, chat)
+        run_repl(gen, max_new_tokens, gen.new_stream(sampling, seed), stops, chat)
         return
     if prompt is None:
         prompt = read_stdin()
     text = chat_prompt(prompt) if chat else prompt
+    # the request is checked when the stream is made: a bad setting fails before anything is printed
+    pieces = gen.stream(text, max_new_tokens, sampling, seed, stops, num_samples)
     if num_samples > 1:
-        print_samples(gen, text, max_new_tokens, sampling, seed, stops, num_samples)
+        print_samples(pieces, num_samples, max_new_tokens)
         return
     if not chat:  # like nanoGPT's sample.py, the output starts with the prompt itself
         sys.stdout.write(prompt)
-    stream_to_stdout(gen, text, max_new_tokens, sampling, seed, stops)
+    write_stream(pieces)
     st = gen.stats
     if stats and st.tokens:
         per = st.ms_per_token
@@ -99,15 +98,12 @@ def main(model: Path | None, prompt: str | None, max_new_tokens: int, temperatur
                    f"{st.overlap_share:.1%} of the time", err=True)
 
 
-def print_samples(gen: Generator, text: str, max_new: int, sampling: SamplingConfig, seed: int | None,
-                  stops: list[str], num_samples: int) -> None:
+def print_samples(steps: Iterator[list[str]], num_samples: int, max_new: int) -> None:
     """Several samples in lockstep, with a progress line on stderr; Ctrl-C prints what each has so far."""
     samples: list[str] = [""] * num_samples
     try:
-        stream = gen.stream_samples(gen.encode_prompt(text), max_new_tokens=max_new, sampling=sampling, seed=seed,
-                                    stop=stops, num_samples=num_samples)
-        for i, now in enumerate(stream):
-            samples = now
+        for i, pieces in enumerate(steps):
+            samples = [s + p for s, p in zip(samples, pieces)]
             if i % 50 == 0:
                 click.echo(f"\r{num_samples} samples: {min(i, max_new)}/{max_new} characters", err=True, nl=False)
         click.echo("", err=True)
@@ -131,16 +127,14 @@ def read_stdin() -> str:
         raise PicoError(f"the prompt on stdin is not valid UTF-8 (byte {exc.start})") from None
 
 
-def run_repl(gen: Generator, max_new: int, sampling: SamplingConfig, seed: int | None, stops: list[str],
-             chat: bool) -> None:
-    """Each line the user types is fed after everything so far: one session, so the stream, its context vector
+def run_repl(gen: Generator, max_new: int, stream: Stream, stops: list[str], chat: bool) -> None:
+    """Each line the user types is fed after everything so far: one `Stream`, so the text, its context vector
     and the sampler (its random draws and repetition-penalty history) continue from line to line."""
-    session = gen.session(sampling, seed)
     click.echo("picogpt interactive: type a prompt, Enter to generate, Ctrl-D to quit.", err=True)
     for line in sys.stdin:
         line = line.rstrip("\n")
         text = chat_prompt(line) if chat else line + "\n"
-        stream_to_stdout(gen, text, max_new, sampling, seed, stops, session=session)
+        write_stream(gen.stream(text, max_new, stop=stops, stream=stream))
 
 
 if __name__ == "__main__":

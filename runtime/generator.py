@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -14,7 +13,7 @@ import numpy as np
 
 from picogpt.contract import FINGERPRINT_CHARS, read_fingerprint
 from picogpt.errors import PicoError, check_type
-from picogpt.generation import GenerationStats, StopMatcher, check_request, generate_ids, greedy_text
+from picogpt.generation import GenerationStats, StopMatchers, check_request, generate_ids, greedy_text
 from picogpt.runtime.decoder import OnnxDecoder, StreamState
 from picogpt.sampling import Sampler, SamplingConfig
 from picogpt.system import check_threads
@@ -24,7 +23,7 @@ EMPTY_PROMPT = "\n"  # an empty prompt starts a fresh paragraph: the text begins
 
 
 @dataclass
-class Session:
+class Stream:
     """One stream continued across calls: the decoder state and the sampler (its rng and history)."""
 
     state: StreamState
@@ -63,65 +62,54 @@ class Generator:
                   file=sys.stderr)
         return enc.ids
 
-    def session(self, sampling: SamplingConfig | None = None, seed: int | None = None) -> Session:
+    def new_stream(self, sampling: SamplingConfig | None = None, seed: int | None = None) -> Stream:
         """A stream to continue across calls (`--interactive`): its cache, context vector and sampler."""
-        sampling = (sampling or SamplingConfig()).validate(self.config.vocab_size)
-        check_request(0, seed=seed)
-        return Session(self.decoder.new_state(1), Sampler(sampling, self.config.vocab_size, seed=seed))
-
-    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingConfig | None = None,
-                   seed: int | None = None, num_samples: int = 1, session: Session | None = None
-                   ) -> Iterator[np.ndarray]:
-        """Yield the next ids [num_samples] per step; `session` (if given) continues an earlier stream."""
         sampling = sampling or SamplingConfig()
-        check_request(max_new_tokens, num_samples, seed, sampling, self.config)
-        if session is not None and num_samples != 1:
-            raise PicoError("a session continues one stream: num_samples must be 1")
-        if session is None:
-            sampler = Sampler(sampling, self.config.vocab_size, seed=seed)
-            session = Session(self.decoder.new_state(num_samples), sampler)
-        batch = np.tile(np.asarray(prompt_ids, dtype=np.int64), (num_samples, 1))
-        return generate_ids(self.decoder, batch, max_new_tokens, session.sampler, session.state, self.stats,
-                            progress=True)
+        check_request(0, 1, seed, sampling, self.config)
+        return Stream(self.decoder.new_state(1), Sampler(sampling, self.config.vocab_size, seed=seed))
 
     def stream(self, prompt: str, max_new_tokens: int = 500, sampling: SamplingConfig | None = None,
-               seed: int | None = None, stop: str | Sequence[str] = (), session: Session | None = None
-               ) -> Iterator[str]:
-        """Yield text pieces of one sample as they are produced (cut before any `stop` string)."""
-        matcher = StopMatcher(stop)
-        for ids in self.stream_ids(self.encode_prompt(prompt), max_new_tokens, sampling, seed, session=session):
-            piece = matcher.push(self.tokenizer.decode([int(ids[0])]))
-            if piece:
-                yield piece
-            if matcher.stopped:
+               seed: int | None = None, stop: str | Sequence[str] = (), num_samples: int = 1,
+               stream: Stream | None = None) -> Iterator[str] | Iterator[list[str]]:
+        """The continuation of `prompt` as it is produced, each sample cut before any `stop` string.
+
+        One sample: yields its text piece by piece. `num_samples` > 1: yields, at every step, the list of
+        each sample's new text ("" while a sample holds text back or has stopped), so a caller interrupted
+        midway holds everything made so far. `stream` continues an earlier stream (`new_stream`), which
+        keeps its own sampling and seed. The request is checked here, before the first piece is asked for.
+        """
+        if stream is not None and (num_samples != 1 or sampling is not None or seed is not None):
+            raise PicoError("a Stream keeps its own sampling and seed and holds one sample: pass neither "
+                            "sampling, seed nor num_samples with it")
+        check_request(max_new_tokens, num_samples, seed, sampling or SamplingConfig(), self.config)
+        ids = self.encode_prompt(prompt)
+        if stream is None:
+            stream = Stream(self.decoder.new_state(num_samples),
+                            Sampler(sampling or SamplingConfig(), self.config.vocab_size, seed=seed))
+        steps = self._pieces(ids, max_new_tokens, stream, StopMatchers(stop, num_samples))
+        return (p[0] for p in steps if p[0]) if num_samples == 1 else steps
+
+    def _pieces(self, prompt_ids: list[int], max_new_tokens: int, stream: Stream, stops: StopMatchers
+                ) -> Iterator[list[str]]:
+        """The one generation loop of the runtime: each sample's new text per step, then what was held back."""
+        batch = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(stops.matchers), 1))
+        for ids in generate_ids(self.decoder, batch, max_new_tokens, stream.sampler, stream.state, self.stats,
+                                progress=True):
+            yield stops.push([self.tokenizer.decode([int(t)]) for t in ids])
+            if stops.all_stopped:
                 return
-        rest = matcher.flush()
-        if rest:
-            yield rest
+        yield stops.flush()
 
     def generate(self, prompt: str, max_new_tokens: int = 500, sampling: SamplingConfig | None = None,
                  seed: int | None = None, stop: str | Sequence[str] = (), num_samples: int = 1) -> str | list[str]:
         """The continuation of `prompt`: a str, or a list of `num_samples` continuations when num_samples > 1."""
-        last = deque(self.stream_samples(self.encode_prompt(prompt), max_new_tokens, sampling, seed, stop,
-                                         num_samples), maxlen=1)
-        texts = last[0]
-        return texts if num_samples > 1 else texts[0]
-
-    def stream_samples(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingConfig | None,
-                       seed: int | None, stop: str | Sequence[str], num_samples: int) -> Iterator[list[str]]:
-        """Yield every sample's text so far after each step (each cut before its stop strings); the
-        last list yielded is complete. A caller interrupted midway still holds the text made so far."""
-        check_request(max_new_tokens, num_samples, seed, sampling, self.config)
-        matchers = [StopMatcher(stop) for _ in range(num_samples)]
-        texts = ["" for _ in range(num_samples)]
-        for ids in self.stream_ids(prompt_ids, max_new_tokens, sampling, seed, num_samples):
-            for r, t in enumerate(ids):
-                if not matchers[r].stopped:
-                    texts[r] += matchers[r].push(self.tokenizer.decode([int(t)]))
-            if all(m.stopped for m in matchers):
-                break
-            yield texts
-        yield [t + m.flush() for t, m in zip(texts, matchers)]
+        pieces = self.stream(prompt, max_new_tokens, sampling, seed, stop, num_samples)
+        if num_samples == 1:
+            return "".join(pieces)
+        texts = [""] * num_samples
+        for step in pieces:
+            texts = [t + p for t, p in zip(texts, step)]
+        return texts
 
     def verify(self) -> tuple[bool, str, str]:
         """Re-run the file's parity fingerprint here: (matches, expected, got)."""

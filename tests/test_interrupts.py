@@ -50,32 +50,49 @@ def test_ctrl_c_during_several_samples_prints_what_each_has(exported: Path) -> N
     assert all(len(p.split("---\n", 1)[1]) > 10 for p in parts[1:])  # each kept the text it had
 
 
+class Clock:
+    """A stand-in for time.perf_counter that only moves when the decoder works."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 class SlowDecoder:
-    """A decoder whose every feed takes 50 ms: a long prefill without a large model."""
+    """A decoder whose every feed takes one second of `clock`: a long prefill without a large model."""
 
     config = TINY_CONFIG
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
 
     def new_state(self, batch: int = 1) -> list[int]:
         return []
 
     def feed(self, ids: np.ndarray, state: list[int]) -> np.ndarray:
-        time.sleep(0.05)
+        self.clock.now += 1.0
         state.append(ids.shape[1])
         return np.zeros((ids.shape[0], self.config.vocab_size), np.float32)
 
 
-def test_a_long_prompt_is_prefilled_in_windows_with_progress(capsys: pytest.CaptureFixture) -> None:
-    from picogpt.generation import GenerationStats, generate_ids
+def test_a_long_prompt_is_prefilled_in_windows_with_progress(capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from picogpt import generation
     from picogpt.sampling import Sampler, SamplingConfig
 
-    decoder, stats = SlowDecoder(), GenerationStats()
+    clock = Clock()
+    monkeypatch.setattr(generation, "time", clock)
+    decoder, stats = SlowDecoder(clock), generation.GenerationStats()
     prompt = np.ones((1, 30 * TINY_CONFIG.context_len + 3), np.int64)
     state: list[int] = []
     sampler = Sampler(SamplingConfig(temperature=0), TINY_CONFIG.vocab_size)
-    assert len(list(generate_ids(decoder, prompt, 3, sampler, state, stats, progress=True))) == 3
-    assert state[:31] == [TINY_CONFIG.context_len] * 30 + [3]  # window-sized chunks, then one id a step
+    assert len(list(generation.generate_ids(decoder, prompt, 3, sampler, state, stats, progress=True))) == 3
+    assert state == [TINY_CONFIG.context_len] * 30 + [3, 1, 1]  # window-sized chunks, then one id a step
     assert "prefill: " in capsys.readouterr().err
-    assert stats.prefill_s >= 31 * 0.05 and stats.decode_s < stats.prefill_s  # prefill is counted apart
+    # 31 prefill feeds are the prefill's time; the 2 feeds between the 3 new ids are the decode's
+    assert (stats.prefill_s, stats.decode_s, stats.ms_per_token) == (31.0, 2.0, 1000.0)
 
 
 def test_a_killed_prepare_leaves_no_half_memmap(tmp_path: Path) -> None:

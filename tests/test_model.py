@@ -123,3 +123,12 @@ def test_nanogpt_parameter_names() -> None:
     m = GPT(CFG)
     assert m.lm_head.weight is m.transformer.wte.weight
     assert m.transformer.wpe.weight.shape == (CFG.context_len + 1, CFG.n_embd)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_config_counts_the_model_s_parameters(bias: bool) -> None:
+    cfg = GPTConfig(context_len=8, n_layer=2, n_head=2, n_embd=16, bias=bias)
+    m = GPT(cfg)
+    total = sum(p.numel() for p in m.parameters())  # the tied head is counted once
+    assert cfg.num_params(include_positions=True) == total
+    assert cfg.num_params() == total - m.transformer.wpe.weight.numel()  # nanoGPT's figure leaves positions out

@@ -44,13 +44,22 @@ def test_stream_equals_generate_and_goes_far(exported: Path) -> None:
     g = Generator(exported)
     pieces = list(g.stream("abc", max_new_tokens=400, seed=3))
     assert "".join(pieces) == g.generate("abc", max_new_tokens=400, seed=3)
-    ids = [int(t[0]) for t in g.stream_ids(TOK.encode("abc"), 400, seed=3)]
-    assert len(ids) == 400 and "".join(pieces) == TOK.decode(ids)  # padding ids decode to ""
-    session = g.session(SamplingConfig(temperature=1.0), seed=1)
-    assert len(list(g.stream_ids(TOK.encode("abc"), 2000, session=session))) == 2000
-    with pytest.raises(PicoError, match="at least one id"):  # the API's ids (the CLI maps "" to a line break)
-        list(g.stream_ids([], 5))
-    assert session.state.pos <= TINY_CONFIG.n_positions  # 2,000 tokens later the cache is still one window
+    assert g.stats.tokens == 400  # padding ids decode to "", so the text may be shorter than the ids
+    stream = g.new_stream(SamplingConfig(temperature=1.0), seed=1)
+    list(g.stream("abc", 2000, stream=stream))
+    assert g.stats.tokens == 2000
+    assert stream.state.pos <= TINY_CONFIG.n_positions  # 2,000 tokens later the cache is still one window
+
+
+def test_a_request_is_checked_before_any_piece_is_asked_for(exported: Path) -> None:
+    g = Generator(exported)
+    for kwargs, fragment in [({"max_new_tokens": -1}, "--max-new-tokens"), ({"num_samples": 0}, "--num-samples"),
+                             ({"seed": -2}, "--seed"), ({"sampling": SamplingConfig(top_p=2.0)}, "--top-p")]:
+        with pytest.raises(PicoError, match=fragment):
+            g.stream("abc", **kwargs)  # not iterated: the call itself refuses
+    stream = g.new_stream(seed=0)
+    with pytest.raises(PicoError, match="keeps its own sampling"):
+        g.stream("abc", 5, seed=1, stream=stream)
 
 
 def test_batch_of_samples_and_stop_strings(exported: Path) -> None:
@@ -87,12 +96,12 @@ def test_cli_verify_chat_interactive_and_unknown_chars(exported: Path) -> None:
                            "--max-new-tokens", "10", "--seed", "0"], input="one\ntwo\n", capture_output=True,
                           text=True, timeout=60)
     assert repl.returncode == 0, repl.stderr
-    # one session: the second line continues the stream, the context vector and the sampler's draws
+    # one stream: the second line continues the stream, the context vector and the sampler's draws
     g, sampling = Generator(exported), SamplingConfig()
-    session = g.session(sampling, seed=0)
-    first, second = ("".join(g.stream(line, 10, sampling, session=session)) for line in ("one\n", "two\n"))
+    stream = g.new_stream(sampling, seed=0)
+    first, second = ("".join(g.stream(line, 10, stream=stream)) for line in ("one\n", "two\n"))
     assert repl.stdout == f"{first}\n{second}\n"
-    assert second != "".join(g.stream("two\n", 10, sampling, seed=0, session=g.session(sampling, seed=0)))
+    assert second != "".join(g.stream("two\n", 10, stream=g.new_stream(sampling, seed=0)))
 
 
 def test_empty_prompt_starts_a_line(exported: Path) -> None:
@@ -160,14 +169,20 @@ def test_bundled_model_runs_without_arguments() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("ROMEO:")
 
 
-def test_generation_state_is_constant_size(exported: Path) -> None:
-    g = Generator(exported)
-    session = g.session(SamplingConfig(temperature=1.0), seed=0)
-    sizes = []
-    for _ in g.stream_ids(TOK.encode("a"), 300, session=session):
-        sizes.append(tuple((b.ctypes.data, b.shape) for b in session.state.cache.buffers))
-    assert len(sizes) == 300 and len(set(sizes)) == 1  # the same fixed buffers, written in place: no growth
-    assert session.state.pos <= TINY_CONFIG.n_positions
+def test_the_fused_cache_is_written_in_place_and_stays_one_window(exported: Path) -> None:
+    import numpy as np
+
+    dec = Generator(exported).decoder
+    assert dec.layout == "fused"
+    state = dec.new_state(1)
+    dec.feed(np.array([TOK.encode("hello")]), state)
+    for buf in state.cache.buffers:  # onnxruntime wrote the slot and 5 rows into our own arrays, nothing else
+        assert np.abs(buf[:, :, :6]).sum(-1).all() and not buf[:, :, 6:].any()
+    positions = []
+    for _ in range(3 * TINY_CONFIG.n_positions):
+        dec.feed(np.array([[TOK.encode("a")[0]]]), state)
+        positions.append(state.pos)
+    assert max(positions) == TINY_CONFIG.n_positions and positions.count(2) == 3  # a new window after each full one
 
 
 def test_version_1_files_still_run(exported_portable: Path, tmp_path: Path) -> None:

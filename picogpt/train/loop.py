@@ -22,7 +22,6 @@ import torch
 
 from picogpt.checkpoint import load_checkpoint, save_checkpoint
 from picogpt.config import GPTConfig
-from picogpt.contract import fused_unsupported
 from picogpt.data import DataConfig, data_file_record, open_data
 from picogpt.data.text import TokenData
 from picogpt.errors import PicoError
@@ -34,7 +33,15 @@ from picogpt.train.distributed import Dist, init_distributed, peer_lost
 from picogpt.train.malloc import keep_heap_memory
 from picogpt.train.optim import make_optimizer
 from picogpt.train.outdir import append_log, prepare_out_dir, repair_log
-from picogpt.train.recipe import HorizonFitter, TrainConfig, check_recipe, lr_at, resumed_config, step_shape
+from picogpt.train.recipe import (
+    HorizonFitter,
+    TrainConfig,
+    check_recipe,
+    cooldown_cost,
+    lr_at,
+    resumed_config,
+    step_shape,
+)
 from picogpt.train.runner import StepRunner, Stopper, activation_bytes_per_token, check_finite, evaluate
 
 
@@ -98,13 +105,21 @@ class TrainingRun:
                                      warn=self.warn)
             tc, config, data, new_end = resumed.tc, resumed.config, resumed.data, resumed.new_end
         self.tc, self.config, self.data_config = tc, config, data
-        self._build(workers)
+        self.tokenizer = CharTokenizer()
+        self.seq_len = tc.seq_windows * config.context_len
+        self.tokens_per_step = tc.batch_size * self.seq_len * dist.world
+        self.data = self._open_data()
+        self.model, self.runner, self.optimizer = self._build_model(workers)
+        self.rng = np.random.default_rng(tc.seed)
         per_token = activation_bytes_per_token(config) // max(1, dist.local_world)
         self.tc = tc = recipe.settle_cooldown(tc, resumed.cooldown_windows if state is not None else None,
                                               lambda t: recipe.check_cooldown(t, config, self.data, per_token),
                                               self.warn)
         self.data_file = data_file_record(data, state, self.warn)
         self.step, self.horizon, self.elapsed_before, self.logged_already = 0, tc.max_iters, 0.0, False
+        self.stopper: Stopper | None = None  # installed by run(): signals are caught only while it trains
+        self.t0 = self.window_start = time.perf_counter()
+        self.window_tokens, self.recent, self.record = 0, [], {}
         if state is not None:
             self._restore(state, new_end)
         elif dist.is_main:
@@ -118,26 +133,26 @@ class TrainingRun:
         if self.dist.is_main:
             click.echo(message, err=True)
 
-    def _build(self, workers: int) -> None:
-        tc, config, dist = self.tc, self.config, self.dist
-        self.tokenizer = CharTokenizer()
-        self.seq_len = tc.seq_windows * config.context_len
-        per_token = activation_bytes_per_token(config) // max(1, dist.local_world)
+    def _open_data(self) -> Any:
+        tc, dist = self.tc, self.dist
+        per_token = activation_bytes_per_token(self.config) // max(1, dist.local_world)
         # one sequence that does not fit is --seq-windows' fault; a batch of them, --batch-size's
         check_memory(self.seq_len * per_token, f"a sequence of {self.seq_len:,} characters", "--seq-windows")
         check_memory(tc.batch_size * self.seq_len * per_token, f"a batch of {tc.batch_size} x {self.seq_len} "
                      "characters", "--batch-size")
-        self.data = open_data(self.data_config, self.tokenizer, self.seq_len, tc.seed, warn=self.warn,
-                              shard=(dist.rank, dist.world))
+        return open_data(self.data_config, self.tokenizer, self.seq_len, tc.seed, warn=self.warn,
+                         shard=(dist.rank, dist.world))
+
+    def _build_model(self, workers: int) -> tuple[GPT, StepRunner, Any]:
+        tc = self.tc
         torch.manual_seed(tc.seed)
-        self.model = GPT(config)
+        model = GPT(self.config)
         # DDP broadcasts rank 0's parameters at construction and averages gradients in backward().
-        net = torch.nn.parallel.DistributedDataParallel(self.model) if dist.enabled else self.model
-        self.runner = StepRunner(net, workers)
-        self.optimizer = make_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
-                                        executor=self.runner.pool, workers=workers)
-        self.rng = np.random.default_rng(tc.seed)
-        self.tokens_per_step = tc.batch_size * self.seq_len * dist.world
+        net = torch.nn.parallel.DistributedDataParallel(model) if self.dist.enabled else model
+        runner = StepRunner(net, workers)
+        optimizer = make_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
+                                   executor=runner.pool, workers=workers)
+        return model, runner, optimizer
 
     def _restore(self, state: dict[str, Any], new_end: int | None) -> None:
         try:
@@ -155,7 +170,7 @@ class TrainingRun:
         self.logged_already = bool(self.dist.from_main(logged))
 
     def elapsed(self) -> float:
-        """Seconds of training, earlier sessions of a resumed run included."""
+        """Seconds of training, the time before a resume included."""
         return self.elapsed_before + time.perf_counter() - self.t0
 
     def save(self, val_loss: float | None) -> None:
@@ -203,47 +218,38 @@ class TrainingRun:
         self.window_tokens += self.tokens_per_step
         return loss, time.perf_counter() - t0
 
-    def cooldown_cost(self) -> float:
-        """Seconds of a cooldown step over a stable one, timed on random tokens (best of 2 each) with the gradients
-        dropped and torch's RNG restored, so the run's trajectory is untouched; 1.0 when the shape stays. Never
-        below 1: a cheaper cooldown only ends the run a little early, a timing that errs low would cut it off."""
-        rows, windows = step_shape(self.tc, self.horizon, self.horizon)
-        if windows == self.tc.seq_windows or not isinstance(self.data, TokenData):
-            return 1.0
+    def time_step(self, rows: int, length: int) -> float:
+        """Seconds of one forward + backward on random tokens [rows, length] (best of 2), with the gradients
+        dropped and torch's RNG restored, so the run's trajectory is untouched (for `cooldown_cost`)."""
         rng_state, gen = torch.get_rng_state(), torch.Generator().manual_seed(0)
-
-        def seconds(shape: tuple[int, int]) -> float:
-            x = torch.randint(0, self.config.vocab_size, shape, generator=gen)
-            times = []
-            for _ in range(2):
-                t = time.perf_counter()
-                self.runner(x, x)
-                times.append(time.perf_counter() - t)
-            return min(times)
-
-        stable = seconds((self.tc.batch_size, self.seq_len))
-        cost = max(1.0, seconds((rows, windows * self.config.context_len)) / stable)
+        x = torch.randint(0, self.config.vocab_size, (rows, length), generator=gen)
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            self.runner(x, x)
+            times.append(time.perf_counter() - t)
         self.optimizer.zero_grad()
         torch.set_rng_state(rng_state)
-        return cost
+        return min(times)
+
+    def reshapes_cooldown(self) -> bool:
+        """Whether the cooldown's batches may hold longer sequences (text data; Wikipedia streams one length)."""
+        return isinstance(self.data, TokenData)
 
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
         """This step's training batch: longer sequences of fewer rows in a --cooldown-windows cooldown (text data;
         Wikipedia streams sequences of one length)."""
         rows, windows = step_shape(self.tc, self.step, self.horizon)
-        if windows == self.tc.seq_windows or not isinstance(self.data, TokenData):
+        if windows == self.tc.seq_windows or not self.reshapes_cooldown():
             return self.data.batch("train", self.tc.batch_size, self.rng)
         return self.data.batch("train", rows, self.rng, seq_len=windows * self.config.context_len)
 
     def announce(self) -> None:
         if not self.dist.is_main:
             return
-        why = fused_unsupported(self.config)
-        if why:
-            self.warn(f"note: {why}; picogpt-export will need --graph portable")
         tc, dist = self.tc, self.dist
         ranks = f"{dist.world} processes x " if dist.enabled else ""
-        print(f"model: {tc.model} {self.model.num_params() / 1e6:.2f}M parameters | {tc.optimizer} {tc.schedule} "
+        print(f"model: {tc.model} {self.config.num_params() / 1e6:.2f}M parameters | {tc.optimizer} {tc.schedule} "
               f"lr {tc.lr:g} | {ranks}{self.threads} threads | {dist.world * tc.batch_size} x {self.seq_len} = "
               f"{self.tokens_per_step:,} tokens per step | out: {self.opts.out}", flush=True)
 
@@ -255,11 +261,12 @@ class TrainingRun:
         self.announce()
         self.stopper, start_step = Stopper(), self.step
         self.model.train()
-        self.t0 = self.window_start = time.perf_counter()
-        self.window_tokens, self.recent, self.record = 0, [], {}
+        self.t0 = self.window_start = time.perf_counter()  # the clock starts with the first step
         budget = opts.max_minutes * 60 if opts.max_minutes else None
-        fitter = HorizonFitter(tc, budget or 0.0, tc.max_iters if opts.max_iters_set else None,
-                               self.cooldown_cost() if budget is not None else 1.0)
+        cost = 1.0
+        if budget is not None and self.reshapes_cooldown():
+            cost = cooldown_cost(tc, self.horizon, self.config.context_len, self.time_step)
+        fitter = HorizonFitter(tc, budget or 0.0, tc.max_iters if opts.max_iters_set else None, cost)
         bar = tqdm(total=self.horizon, initial=self.step, disable=not opts.progress or not dist.is_main,
                    dynamic_ncols=True, desc="train")
         try:

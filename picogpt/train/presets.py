@@ -2,7 +2,7 @@
 
 `base` is the seed's 6.34M model (the bundled one); the smaller presets trade capacity for
 optimizer steps, which is what wins when the budget is a few CPU-minutes. `AUTO_TABLE` is
-measured with `picogpt-bench quality` (README): for a budget of M minutes, `auto` takes the
+measured with `picogpt-bench quality` (docs/design.md): for a budget of M minutes, `auto` takes the
 preset that reached the lowest full-val loss at the largest measured budget <= M.
 """
 
@@ -21,10 +21,9 @@ class Preset:
     n_embd: int
     lr: float  # peak learning rate (Muon and AdamW share it: Muon's update is scaled to AdamW's RMS)
     batch_size: int  # sequences a step: Muon gains from larger batches, small models afford them
-    # Windows per training sequence. pico takes 3 (11 x 3 = 33 windows a step, about 16 x 2's tokens): with 2,
-    # window 3 of the val text scored worse carried than zeroed in 3 of 3 two-minute runs (its carried vector
-    # comes from a window that had one itself, which 2-window sequences only show in the cooldown); with 3,
-    # every window 2-10 gained in 3 of 3, for 0.008-0.015 nats of mean val loss (README).
+    # Windows per training sequence. pico takes 3 (11 x 3 = 33 windows a step, about 16 x 2's tokens): a window
+    # whose carried vector comes from a window that had one itself is then in every sequence, not only in the
+    # cooldown's, and window 3 of the val text stops scoring worse carried than zeroed (docs/design.md).
     seq_windows: int = 2
 
     def config(self, **overrides) -> GPTConfig:
@@ -32,8 +31,7 @@ class Preset:
         return GPTConfig(**{**shape, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-# Measured with 2-minute runs (README): pico at lr 3e-3 / 4e-3 / 8e-3 scored 1.585 / 1.586 / 1.600, and at
-# batch 4 / 8 / 16 (lr 4e-3) 1.586 / 1.560 / 1.552 on the full val split.
+# Learning rates and batches chosen with 2-minute runs of each preset (docs/design.md, "The recipe").
 PRESETS: dict[str, Preset] = {
     "pico": Preset(n_layer=4, n_head=4, n_embd=128, lr=4e-3, batch_size=11, seq_windows=3),  # 0.80M: nanoGPT's shape
     "small": Preset(n_layer=6, n_head=6, n_embd=192, lr=3e-3, batch_size=8),  # 2.68M
@@ -41,9 +39,8 @@ PRESETS: dict[str, Preset] = {
 }
 DEFAULT_PRESET = "base"
 
-# (minutes of budget, preset that won at that budget): `picogpt-bench quality --minutes 2,10`, README
-# "Quality per CPU-minute". 2 minutes: pico 1.550, small 1.764, base 2.152. 10 minutes: small 1.456,
-# pico 1.463, base 1.507. Budgets under 10 minutes take pico, 10 and more take small.
+# (minutes of budget, preset that won at that budget), from `picogpt-bench quality --minutes 2,10`
+# (docs/design.md, "Which preset for a budget"): budgets under 10 minutes take pico, 10 and more take small.
 AUTO_TABLE: list[tuple[float, str]] = [(0.0, "pico"), (10.0, "small")]
 
 

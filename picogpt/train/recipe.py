@@ -25,15 +25,14 @@ class TrainConfig:
 
     model: str = DEFAULT_PRESET
     optimizer: str = "muon"
-    # Batch and windows from the preset (2 windows; pico 3): with Muon, 2 minutes of pico reached 1.560 on the
-    # full val split at 8 x 2 windows, 1.586 at 4 x 2 and 1.633 at 2 x 4 (README). Two or more windows per
-    # sequence keep the carried context vector trained: with one, the model would never see a non-zero slot.
+    # Batch and windows from the preset (2 windows; pico 3): Muon gains from more distinct sequences per step
+    # (docs/design.md, "The recipe"). Two or more windows per sequence keep the carried context vector trained:
+    # with one, the model would never see a non-zero slot.
     batch_size: int = PRESETS[DEFAULT_PRESET].batch_size
     seq_windows: int = PRESETS[DEFAULT_PRESET].seq_windows
     # During the cooldown, sequences of 4 windows at about the same tokens per step (fewer sequences): the last steps
-    # see longer chains of carried vectors, as generation does. pico, 2 minutes, full val: 1.5035 / 1.5070
-    # (seeds 1337 / 7) against 1.5114 / 1.5109 without, and the carried vector then gains on every window 2-10
-    # (without: one window a hair worse than zeroed). 8 windows: 1.5241. 0 keeps seq_windows throughout.
+    # see longer chains of carried vectors, as generation does, which lowers the val loss and the windows where the
+    # carried vector does worse than zeros (docs/design.md, "The recipe"). 0 keeps seq_windows throughout.
     cooldown_windows: int = 4
     lr: float = PRESETS[DEFAULT_PRESET].lr
     # Warmup, a long stable phase, then a linear cooldown over the last 30% (wsd): it beat cosine per minute.
@@ -202,6 +201,17 @@ def resumed_config(state: dict[str, Any], tc: TrainConfig, config: GPTConfig | N
     resumed = TrainConfig(**{**fields, "max_iters": tc.max_iters if max_iters_set else stored["max_iters"]})
     wanted = tc.cooldown_windows if "cooldown_windows" in explicit else None
     return Resumed(resumed, stored_config, stored_data, new_end, wanted)
+
+
+def cooldown_cost(tc: TrainConfig, horizon: int, context_len: int, time_step: Callable[[int, int], float]) -> float:
+    """A cooldown step's cost in stable steps, timed once before training with `time_step(rows, length)`: the
+    cooldown's batches may hold fewer, longer sequences. 1.0 when the shape stays. Never below 1: a cheaper
+    cooldown only ends the run a little early, a timing that errs low would cut the cooldown off."""
+    rows, windows = step_shape(tc, horizon, horizon)
+    if windows == tc.seq_windows:
+        return 1.0
+    stable = time_step(tc.batch_size, tc.seq_windows * context_len)
+    return max(1.0, time_step(rows, windows * context_len) / stable)
 
 
 class HorizonFitter:

@@ -23,8 +23,9 @@ class StepRunner:
     """Forward + backward of one batch, split across `workers` threads of one core each.
 
     On a 2-core CPU, two threads each running the model on half the batch with a single
-    intra-op thread measured ~1.2x the tokens/s of one pass with 2 intra-op threads (the small
-    ops of a 129-position window do not split well across cores). Each worker returns its own
+    intra-op thread train faster than one pass with 2 intra-op threads: the small ops of a
+    129-position window do not split well across cores (docs/design.md, "The training
+    step"). Each worker returns its own
     gradients and they are summed in a fixed order, so the result is deterministic.
     """
 
