@@ -271,7 +271,8 @@ class TrainingRun:
                    dynamic_ncols=True, desc="train")
         try:
             while True:
-                out_of_time = budget is not None and self.elapsed() > budget
+                # a budget spent before the first step (a slow first eval) still trains one step
+                out_of_time = budget is not None and self.step > start_step and self.elapsed() > budget
                 interrupted, out_of_time = dist.any(self.stopper.requested, out_of_time)
                 done = self.step >= self.horizon or out_of_time or interrupted
                 resumed_here = self.logged_already and self.step == start_step  # logged and saved already
