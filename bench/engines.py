@@ -2,7 +2,7 @@
 
 `python -m picogpt.bench.engines --engine E --model PATH ...` prints one JSON line: import+load
 time, prefill latency for a 128-character prompt, per-token decode latencies over a long
-generation (crossing windows, sampling included), peak RSS.
+generation (crossing windows, sampling included; `--batch N` streams at once), peak RSS.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import string  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from picogpt.bench.llamacpp import ENGINES as LLAMACPP_ENGINES  # noqa: E402
 from picogpt.generation import generate_ids, prefill  # noqa: E402
 from picogpt.sampling import Sampler, SamplingConfig  # noqa: E402
 from picogpt.tokenizer import CharTokenizer  # noqa: E402
 from picogpt.windows import STREAM_WINDOWS  # noqa: E402
 
-ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4")
+ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4", *LLAMACPP_ENGINES)
 SAMPLING = SamplingConfig(temperature=0.8)
 
 
@@ -58,8 +60,13 @@ class NaiveTorchDecoder:
         return logits[:, -1].numpy()
 
 
-def load_decoder(engine: str, path: str, threads: int):
-    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, or onnxruntime over a file."""
+def load_decoder(engine: str, path: str, threads: int, overlap: int | None = None):
+    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, llama.cpp over a GGUF, or
+    onnxruntime over a file (at up to `threads` threads, as many as measure fastest: runtime/threads.py)."""
+    if engine.startswith("llamacpp"):
+        from picogpt.bench.llamacpp import LlamaCppDecoder
+
+        return LlamaCppDecoder(path, threads, overlap=overlap)
     if engine.startswith("torch"):
         import torch
 
@@ -69,9 +76,9 @@ def load_decoder(engine: str, path: str, threads: int):
         torch.set_num_threads(threads)
         model = read_checkpoint(path).model
         return NaiveTorchDecoder(model) if engine == "torch-naive" else TorchDecoder(model)
-    from picogpt.runtime.decoder import OnnxDecoder
+    from picogpt.runtime.threads import fastest_decoder
 
-    return OnnxDecoder(path, threads=threads)
+    return fastest_decoder(path, threads)
 
 
 def peak_rss_mb() -> float:
@@ -87,8 +94,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int = 5) -> dict:
-    decoder = load_decoder(engine, path, threads)
+def measure(engine: str, path: str, threads: int, tokens: int, batch: int = 1, overlap: int | None = None,
+            prefill_reps: int = 5) -> dict:
+    """Load, prefill 128 characters (median of `prefill_reps`), then decode `tokens` steps of `batch` streams
+    with sampling: per-step latencies and total tokens/s (batch x steps / seconds)."""
+    decoder = load_decoder(engine, path, threads, overlap)
     load_s = time.perf_counter() - _T0
     prompt = np.array([prompt_ids(128)], dtype=np.int64)
     times = []
@@ -99,6 +109,7 @@ def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int
     prefill_ms = float(np.median(times) * 1000)
     # naive: measured in steady state, with the cropped context already full
     start = np.array([prompt_ids(decoder.crop, seed=1)], dtype=np.int64) if engine == "torch-naive" else prompt
+    start = np.concatenate([start] + [np.roll(start, 7 * b, axis=1) for b in range(1, batch)])  # distinct streams
     sampler = Sampler(SAMPLING, decoder.config.vocab_size, seed=0)
     per_token, last = [], None
     t_all = time.perf_counter()
@@ -111,10 +122,13 @@ def measure(engine: str, path: str, threads: int, tokens: int, prefill_reps: int
         last = now
     total = time.perf_counter() - t_all
     ms = np.array(per_token) * 1000
+    if hasattr(decoder, "close"):
+        decoder.close()
     return {
-        "engine": engine, "threads": threads, "load_s": load_s, "prefill_ms": prefill_ms,
+        "engine": engine, "threads": threads, "threads_used": getattr(decoder, "threads_used", threads),
+        "batch": batch, "load_s": load_s, "prefill_ms": prefill_ms,
         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)), "tokens": tokens, "tokens_per_s": tokens / total,
+        "p99_ms": float(np.percentile(ms, 99)), "tokens": tokens, "tokens_per_s": batch * tokens / total,
         "peak_rss_mb": peak_rss_mb(),
         "size_mb": os.path.getsize(path) / 1e6,
     }
@@ -127,10 +141,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="")
     p.add_argument("--tokens", type=int, default=1400)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--overlap", type=int, default=None, help="llama.cpp: characters re-fed after a full window.")
     a = p.parse_args()
     if a.cores:
         os.sched_setaffinity(0, {int(c) for c in a.cores.split(",")})
-    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens)))
+    if a.engine.startswith("llamacpp"):
+        from picogpt.bench.llamacpp import available
+
+        if available():
+            print(available(), file=sys.stderr)
+            sys.exit(2)
+    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens, a.batch, a.overlap)))
 
 
 if __name__ == "__main__":
