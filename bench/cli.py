@@ -149,10 +149,10 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
         raise PicoError(f"--engines: unknown {', '.join(unknown)} (known: "
                         f"{', '.join((*DEFAULT_ENGINES, *LLAMACPP_ENGINES))})")
     if cores:
-        wanted = set(parse_list(cores, "--cores"))
+        pinned = set(parse_list(cores, "--cores"))
         available = os.sched_getaffinity(0)
-        if not wanted <= available:
-            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(wanted - available)} "
+        if not pinned <= available:
+            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(pinned - available)} "
                             f"(available: {sorted(available)})")
     if checkpoint is None and not onnx_files:
         raise PicoError("give a CHECKPOINT, or --onnx files")
