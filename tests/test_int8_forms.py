@@ -80,6 +80,22 @@ def test_u8_codes_for_cpus_without_vnni_compute_the_same_logits(exported: Path, 
     np.testing.assert_array_equal(logits_of(u8, ids), logits_of(int8, ids))
 
 
+def test_decoder_loads_u8_codes_where_vnni_is_missing(exported: Path, tmp_path: Path, monkeypatch) -> None:
+    import picogpt.runtime.int8load as int8load
+    import picogpt.system
+
+    int8 = quantized(exported, tmp_path, "int8")
+    ids = np.random.default_rng(2).integers(1, 60, size=(1, 30))
+    want = logits_of(int8, ids)
+    rewrites = []
+    monkeypatch.setattr(picogpt.system, "has_vnni", lambda: False)
+    monkeypatch.setattr(int8load, "u8_weights", lambda data, f=int8load.u8_weights: rewrites.append(1) or f(data))
+    np.testing.assert_array_equal(logits_of(int8, ids), want)
+    assert rewrites == [1]
+    logits_of(exported, ids)  # an fp32 file has nothing to rewrite
+    assert rewrites == [1]
+
+
 @pytest.mark.parametrize("method", ["int8", "int8-channel", "int4"])
 def test_page_file_computes_in_fp32_and_verifies_natively(exported: Path, tmp_path: Path, method: str) -> None:
     """picogpt-web rewrites DynamicQuantizeMatMul, quantize_dynamic's MatMulInteger chain and MatMulNBits
