@@ -136,7 +136,7 @@ def measure(engine: str, path: str, threads: int, tokens: int, batch: int = 1, o
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--engine", choices=ENGINES, required=True)
+    p.add_argument("--engine", required=True, help=f"{', '.join(ENGINES)}, or ort-<quantization> for any file")
     p.add_argument("--model", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="")
@@ -144,6 +144,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--overlap", type=int, default=None, help="llama.cpp: characters re-fed after a full window.")
     a = p.parse_args()
+    if a.engine not in ENGINES and not a.engine.startswith("ort-"):
+        p.error(f"unknown engine {a.engine}")
     if a.cores:
         os.sched_setaffinity(0, {int(c) for c in a.cores.split(",")})
     if a.engine.startswith("llamacpp"):

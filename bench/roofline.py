@@ -88,9 +88,9 @@ def measure_machine() -> dict:
 
 
 def level_of(nbytes: float, machine: dict) -> str:
-    """The level a working set of `nbytes` stays in between tokens (3/4 of a level: code and activations share it)."""
+    """The smallest level a working set of `nbytes` fits in, so stays in between tokens."""
     caches = machine["caches"]
-    return "L2" if nbytes <= 0.75 * caches["L2"] else "L3" if nbytes <= 0.75 * caches["L3"] else "DRAM"
+    return "L2" if nbytes <= caches["L2"] else "L3" if nbytes <= caches["L3"] else "DRAM"
 
 
 def floor_ms(read_bytes: float, flops: float, machine: dict, int8: bool) -> tuple[float, float, str]:
