@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 RUFF_FLAGS := --line-length 120 --target-version py310 --select E,F,W,I,B,UP --ignore E741,B008,B905 \
 	--config "lint.isort.known-first-party=['picogpt','conftest']"
 
-.PHONY: demo test lint install pretrained clean check-torch-free web-deps
+.PHONY: demo test lint install pretrained bundled-int8 clean check-torch-free web-deps
 
 # The bundled model's recipe (see README): the base preset (the seed's 6.34M model), Muon + AdamW with a
 # warmup-stable-cooldown schedule over PRETRAINED_ITERS steps, dropout 0.1 (training only), exported int8.
@@ -69,7 +69,13 @@ check-torch-free:
 pretrained: install
 	$(BIN)/picogpt-train --out $(PRETRAINED_DIR) --model base --batch-size 8 --dropout 0.1 --cooldown-windows 0 \
 		--max-iters $(PRETRAINED_ITERS) --max-minutes $(PRETRAINED_MINUTES) --eval-interval 100 --quiet
-	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8-weights
+	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8
+
+# An int8-weights bundled file rewritten in place to int8 (export/convert.py, no checkpoint needed): the same
+# codes and scales, integer arithmetic; its greedy fingerprint is re-run on the new file and must still match.
+bundled-int8: install
+	$(BIN)/python -m picogpt.export.convert runtime/models/tinyshakespeare-int8.onnx --to int8 \
+		-o runtime/models/tinyshakespeare-int8.onnx
 
 clean:
 	rm -rf $(VENV) $(NOTORCH) runs build *.egg-info

@@ -1,8 +1,10 @@
-"""`picogpt-bench CHECKPOINT`: torch (naive, KV cache) against ONNX Runtime (fp32, int8, int4).
+"""`picogpt-bench CHECKPOINT`: torch (naive, KV cache) against ONNX Runtime (fp32, int8, int4), and
+optionally llama.cpp (`--engines ...,llamacpp-q8_0`, bench/llamacpp.py).
 
 Every engine runs in its own process, interleaved A B C ... A B C over the rounds; the table
-quotes medians (and min-max) of the rounds, the speed-up over both torch baselines, and the
-roofline: achieved ms/token over the floor the machine's bandwidth / GEMM rate allows.
+quotes medians (and min-max) of the rounds, the speed-up over both torch baselines, total tokens/s
+per batch size (`--batches 1,4,8,16`), and the roofline: achieved ms/token over the floor the
+cache level the weights live in (or the int8/fp32 multiply rate) allows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from picogpt.bench.llamacpp import ENGINES as LLAMACPP_ENGINES
 from picogpt.bench.quality import quality
 from picogpt.bench.results import envelope, load_results, write_result
 from picogpt.bench.roofline import floor_ms, measure_machine
@@ -28,6 +31,8 @@ from picogpt.system import check_threads
 from picogpt.windows import check_overlap
 
 ORT_ENGINES = {"ort-fp32": "none", "ort-int8": "int8", "ort-int4": "int4"}
+DEFAULT_ENGINES = ("torch-naive", "torch-kv", *ORT_ENGINES)
+SINGLE_STREAM = ("torch-naive", *LLAMACPP_ENGINES)  # timed at batch 1 only
 
 
 def have_torch() -> bool:
@@ -70,9 +75,10 @@ def context_len_of(path: Path) -> int:
     return read_checkpoint(path).model.config.context_len
 
 
-def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int, overlap: int | None = None) -> dict:
+def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int, batch: int = 1,
+               overlap: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "picogpt.bench.engines", "--engine", engine, "--model", str(model),
-           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores,
+           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores, "--batch", str(batch),
            *(["--overlap", str(overlap)] if overlap is not None else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -89,6 +95,8 @@ def summarize(runs: list[dict]) -> dict:
     s["overlap"] = runs[0].get("overlap", 0)
     s["overlap_share"] = statistics.median(r.get("overlap_share", 0.0) for r in runs)
     s["rounds"] = len(runs)
+    used = sorted({r.get("threads_used", r["threads"]) for r in runs})
+    s["threads_used"] = "/".join(map(str, used))  # ORT keeps 1 thread where more measure slower at load
     return s
 
 
@@ -129,7 +137,12 @@ def main() -> None:
 @click.argument("checkpoint", type=path_type(), required=False)
 @click.option("--onnx", "onnx_files", type=path_type(), multiple=True,
               help="Pre-exported .onnx files (repeatable); missing ORT variants are exported from CHECKPOINT.")
-@click.option("--threads", "threads_text", default="1", show_default=True, help="Sweep, e.g. 1,2.")
+@click.option("--threads", "threads_text", default="1", show_default=True,
+              help="Sweep, e.g. 1,2 (ORT engines use more than 1 only where it measures faster at load).")
+@click.option("--engines", "engines_text", default=",".join(DEFAULT_ENGINES), show_default=True,
+              help=f"Also: {', '.join(LLAMACPP_ENGINES)} (llama.cpp on a GGUF of CHECKPOINT; needs llama-cpp-python).")
+@click.option("--batches", "batches_text", default="1", show_default=True,
+              help="Streams decoded as one batch, e.g. 1,4,8,16: total tokens/s per batch size.")
 @click.option("--cores", default="", help="Pin every engine to these CPUs (e.g. 0,1) to emulate a small machine.")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--tokens", type=click.IntRange(min=10), default=1400, show_default=True,
@@ -143,11 +156,11 @@ def main() -> None:
 @click.option("--markdown", "md_path", type=path_type(), default=None)
 @click.option("--plot", "plot_path", type=path_type(), default=None)
 @cli_errors
-def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, cores: str, rounds: int,
-         tokens: int, naive_tokens: int, overlap: int | None, quick: bool, json_path: Path | None, md_path: Path | None,
-         plot_path: Path | None) -> None:
+def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text: str, engines_text: str,
+            batches_text: str, cores: str, rounds: int, tokens: int, naive_tokens: int, overlap: int | None,
+            quick: bool, json_path: Path | None, md_path: Path | None, plot_path: Path | None) -> None:
     """Measure generation latency of torch and ONNX Runtime engines on this machine."""
-    from picogpt.bench.report import print_table, write_plot
+    from picogpt.bench.report import print_table, roofline_text, write_plot
     from picogpt.bench.results_page import latency_section, provenance
 
     check_outputs(((json_path, "--json"), (md_path, "--markdown"), (plot_path, "--plot")),
@@ -155,11 +168,19 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     threads = parse_list(threads_text, "--threads")
     for t in threads:
         check_threads(t)
+    batches = parse_list(batches_text, "--batches")
+    if min(batches) < 1:
+        raise PicoError("--batches takes sizes >= 1")
+    wanted = [e.strip() for e in engines_text.split(",") if e.strip()]
+    unknown = [e for e in wanted if e not in (*DEFAULT_ENGINES, *LLAMACPP_ENGINES)]
+    if unknown:
+        raise PicoError(f"--engines: unknown {', '.join(unknown)} (known: "
+                        f"{', '.join((*DEFAULT_ENGINES, *LLAMACPP_ENGINES))})")
     if cores:
-        wanted = set(parse_list(cores, "--cores"))
+        pinned = set(parse_list(cores, "--cores"))
         available = os.sched_getaffinity(0)
-        if not wanted <= available:
-            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(wanted - available)} "
+        if not pinned <= available:
+            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(pinned - available)} "
                             f"(available: {sorted(available)})")
     if checkpoint is None and not onnx_files:
         raise PicoError("give a CHECKPOINT, or --onnx files")
@@ -180,22 +201,28 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
         click.echo(f"warning: the machine is busy ({busy}); multi-thread figures are unreliable", err=True)
     work = Path(tempfile.mkdtemp(prefix="picogpt-bench-"))
     try:
-        models = prepare_models(checkpoint, list(onnx_files), work)
+        models, notes = all_models(checkpoint, list(onnx_files), wanted, work)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         machine = measure_machine()
-        click.echo(f"roofline probe (1 core): memory {machine['bandwidth_gbs']:.1f} GB/s, "
-                   f"fp32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s")
-        raw: dict[tuple[str, int], list[dict]] = {}
+        click.echo(f"roofline probe (1 core): {roofline_text(machine)}")
+        raw: dict[tuple[str, int, int], list[dict]] = {}
         for r in range(rounds):
             for t in threads:
-                for engine, path in models.items():
-                    n = naive_tokens if engine == "torch-naive" else tokens
-                    raw.setdefault((engine, t), []).append(run_engine(engine, path, t, cores, n, overlap))
+                for b in batches:
+                    for engine, path in models.items():
+                        if b > 1 and engine in SINGLE_STREAM:
+                            continue
+                        n = naive_tokens if engine == "torch-naive" else tokens
+                        raw.setdefault((engine, t, b), []).append(run_engine(engine, path, t, cores, n, b, overlap))
             click.echo(f"round {r + 1}/{rounds} done", err=True)
         rows = build_rows(raw, models, machine)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
-    result = envelope("latency", "picogpt-bench", rows, roofline=machine, busy=busy)
+    for line in ratio_lines(rows):
+        click.echo(line)
+    result = envelope("latency", "picogpt-bench", rows, roofline=machine, busy=busy, notes=notes)
     write_result(json_path, result)
     if md_path:
         write_atomic(md_path, MARKDOWN_MARKER + "\n" + "\n".join(provenance(None, result)
@@ -204,24 +231,67 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
         write_plot(plot_path, rows)
 
 
+def all_models(checkpoint: Path | None, onnx_files: list[Path], wanted: list[str], work: Path
+               ) -> tuple[dict[str, Path], list[str]]:
+    """engine -> file for the `wanted` engines that can run here, and notes on the ones that cannot."""
+    models = {e: p for e, p in prepare_models(checkpoint, onnx_files, work).items()
+              if e in wanted or e not in DEFAULT_ENGINES}
+    llama = [e for e in wanted if e in LLAMACPP_ENGINES]
+    notes: list[str] = []
+    if llama and (checkpoint is None or not have_torch()):
+        notes.append("llama.cpp engines need CHECKPOINT and torch (the GGUF is written from the checkpoint)")
+    elif llama:
+        from picogpt.bench.llamacpp import prepare
+
+        paths, notes = prepare(checkpoint, llama, work, lambda m: click.echo(m, err=True))
+        models.update(paths)
+    return models, notes
+
+
 def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
-    """Medians per engine and thread count, speed-ups and the roofline columns."""
-    from picogpt.bench.report import model_costs
+    """Medians per engine, thread count and batch, speed-ups and the roofline columns."""
+    from picogpt.bench.report import INT8_ENGINES, model_costs
 
     rows = []
-    for (engine, t), runs in raw.items():
-        row = {"engine": engine, "threads": t, **summarize(runs)}
-        weight_bytes, flops = model_costs(engine, models[engine])
-        mem, comp = floor_ms(weight_bytes, flops, machine)
+    for (engine, t, b), runs in raw.items():
+        row = {"engine": engine, "threads": t, "batch": b, **summarize(runs)}
+        weights, cache, flops = model_costs(engine, models[engine])
+        mem, comp, level = floor_ms(weights + b * cache, b * flops, machine, engine in INT8_ENGINES)
         row["floor_ms"] = max(mem, comp)
-        row["bound"] = "memory" if mem >= comp else "compute"
+        kind = "int8" if engine in INT8_ENGINES else "fp32"
+        row["bound"] = f"memory ({level})" if mem >= comp else f"compute ({kind})"
         row["vs_floor"] = row["p50_ms"] / row["floor_ms"]
         rows.append(row)
     for row in rows:
         for base in ("torch-naive", "torch-kv"):
-            ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]), None)
+            ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]
+                        and r["batch"] == row["batch"]), None)
             row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
     return rows
+
+
+def ratio_lines(rows: list[dict]) -> list[str]:
+    """The comparisons the bench exists for: int8 against llama.cpp, 2 threads against 1, batches against 1."""
+    def get(engine: str, t: int = 1, b: int = 1) -> dict | None:
+        return next((r for r in rows if r["engine"] == engine and r["threads"] == t and r["batch"] == b), None)
+
+    out, ours = [], get("ort-int8")
+    for peer in LLAMACPP_ENGINES:
+        if ours and get(peer):
+            p = get(peer)
+            out.append(f"ort-int8 vs {peer} (1 thread): decode {ours['tokens_per_s'] / p['tokens_per_s']:.2f}x "
+                       f"tokens/s, prefill {p['prefill_ms'] / ours['prefill_ms']:.2f}x")
+    for r in rows:
+        one = get(r["engine"], 1, r["batch"])
+        if r["threads"] > 1 and one:
+            out.append(f"{r['engine']} batch {r['batch']}: {r['threads']} threads {one['p50_ms'] / r['p50_ms']:.2f}x "
+                       f"1 thread (medians; its slowest round vs 1 thread's fastest "
+                       f"{one['p50_min'] / r['p50_max']:.2f}x; threads used {r['threads_used']})")
+        base = get(r["engine"], r["threads"], 1)
+        if r["batch"] > 1 and base:
+            out.append(f"{r['engine']} {r['threads']} thr: batch {r['batch']} total tokens/s "
+                       f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x batch 1")
+    return out
 
 
 PAGE_HEADING = b"# Measured results\n"  # what render_page writes first: a page it may replace

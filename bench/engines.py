@@ -2,7 +2,7 @@
 
 `python -m picogpt.bench.engines --engine E --model PATH ...` prints one JSON line: import+load
 time, prefill latency for a 128-character prompt, per-token decode latencies over a long
-generation (crossing windows, sampling included), peak RSS.
+generation (crossing windows, sampling included; `--batch N` streams at once), peak RSS.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import string  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from picogpt.bench.llamacpp import ENGINES as LLAMACPP_ENGINES  # noqa: E402
 from picogpt.generation import GenerationStats, generate_ids, prefill  # noqa: E402
 from picogpt.sampling import Sampler, SamplingConfig  # noqa: E402
 from picogpt.tokenizer import CharTokenizer  # noqa: E402
 from picogpt.windows import STREAM_WINDOWS, resolve_overlap  # noqa: E402
 
-ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4")
+ENGINES = ("torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4", *LLAMACPP_ENGINES)
 SAMPLING = SamplingConfig(temperature=0.8)
 
 
@@ -59,8 +61,13 @@ class NaiveTorchDecoder:
 
 
 def load_decoder(engine: str, path: str, threads: int, overlap: int | None = None):
-    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, or onnxruntime over a file.
+    """The engine's decoder: torch (KV-cached or naive) over a checkpoint, llama.cpp over a GGUF, or
+    onnxruntime over a file (at up to `threads` threads, as many as measure fastest: runtime/threads.py).
     `overlap`: what a new window re-reads (default: the file's; for a checkpoint, the exporter's default)."""
+    if engine.startswith("llamacpp"):
+        from picogpt.bench.llamacpp import LlamaCppDecoder
+
+        return LlamaCppDecoder(path, threads, overlap=overlap)
     if engine.startswith("torch"):
         import torch
 
@@ -71,9 +78,9 @@ def load_decoder(engine: str, path: str, threads: int, overlap: int | None = Non
         model = read_checkpoint(path).model
         k = resolve_overlap(overlap, model.config.context_len)
         return NaiveTorchDecoder(model, k) if engine == "torch-naive" else TorchDecoder(model, k)
-    from picogpt.runtime.decoder import OnnxDecoder
+    from picogpt.runtime.threads import fastest_decoder
 
-    return OnnxDecoder(path, threads=threads, overlap=overlap)
+    return fastest_decoder(path, threads, overlap)
 
 
 def peak_rss_mb() -> float:
@@ -89,8 +96,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine: str, path: str, threads: int, tokens: int, overlap: int | None = None,
+def measure(engine: str, path: str, threads: int, tokens: int, batch: int = 1, overlap: int | None = None,
             prefill_reps: int = 5) -> dict:
+    """Load, prefill 128 characters (median of `prefill_reps`), then decode `tokens` steps of `batch` streams
+    with sampling: per-step latencies and total tokens/s (batch x steps / seconds)."""
     decoder = load_decoder(engine, path, threads, overlap)
     load_s = time.perf_counter() - _T0
     prompt = np.array([prompt_ids(128)], dtype=np.int64)
@@ -102,6 +111,7 @@ def measure(engine: str, path: str, threads: int, tokens: int, overlap: int | No
     prefill_ms = float(np.median(times) * 1000)
     # naive: measured in steady state, with the cropped context already full
     start = np.array([prompt_ids(decoder.crop, seed=1)], dtype=np.int64) if engine == "torch-naive" else prompt
+    start = np.concatenate([start] + [np.roll(start, 7 * b, axis=1) for b in range(1, batch)])  # distinct streams
     sampler = Sampler(SAMPLING, decoder.config.vocab_size, seed=0)
     per_token, last, stats = [], None, GenerationStats()
     t_all = time.perf_counter()
@@ -114,10 +124,13 @@ def measure(engine: str, path: str, threads: int, tokens: int, overlap: int | No
         last = now
     total = time.perf_counter() - t_all
     ms = np.array(per_token) * 1000
+    if hasattr(decoder, "close"):
+        decoder.close()
     return {
-        "engine": engine, "threads": threads, "load_s": load_s, "prefill_ms": prefill_ms,
+        "engine": engine, "threads": threads, "threads_used": getattr(decoder, "threads_used", threads),
+        "batch": batch, "load_s": load_s, "prefill_ms": prefill_ms,
         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)), "tokens": tokens, "tokens_per_s": tokens / total,
+        "p99_ms": float(np.percentile(ms, 99)), "tokens": tokens, "tokens_per_s": batch * tokens / total,
         "peak_rss_mb": peak_rss_mb(), "overlap": decoder.overlap, "overlap_share": stats.overlap_share,
         "size_mb": os.path.getsize(path) / 1e6,
     }
@@ -125,16 +138,25 @@ def measure(engine: str, path: str, threads: int, tokens: int, overlap: int | No
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--engine", choices=ENGINES, required=True)
+    p.add_argument("--engine", required=True, help=f"{', '.join(ENGINES)}, or ort-<quantization> for any file")
     p.add_argument("--model", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="")
     p.add_argument("--tokens", type=int, default=1400)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--overlap", type=int, default=None)
     a = p.parse_args()
+    if a.engine not in ENGINES and not a.engine.startswith("ort-"):
+        p.error(f"unknown engine {a.engine}")
     if a.cores:
         os.sched_setaffinity(0, {int(c) for c in a.cores.split(",")})
-    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens, a.overlap)))
+    if a.engine.startswith("llamacpp"):
+        from picogpt.bench.llamacpp import available
+
+        if available():
+            print(available(), file=sys.stderr)
+            sys.exit(2)
+    print(json.dumps(measure(a.engine, a.model, a.threads, a.tokens, a.batch, a.overlap)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import numpy as np
 from picogpt.config import GPTConfig
 from picogpt.contract import LAYOUTS, META_PREFIX, READABLE_VERSIONS, fused_cache_names, io_names, read_contract
 from picogpt.errors import PicoError
+from picogpt.runtime.webcache import WEB_INPUTS, WebCache
 from picogpt.windows import check_overlap, chunk_ids, keep_recent, plan_chunks
 
 
@@ -31,6 +32,21 @@ def session_options(threads: int | None):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return opts
+
+
+def model_source(path: Path) -> str | bytes:
+    """What onnxruntime loads: the path, or, on a CPU without VNNI, an int8 file's bytes with u8 weight codes."""
+    from picogpt.system import has_vnni
+
+    if has_vnni() or path.stat().st_size > 2**30:
+        return str(path)
+    from picogpt.runtime.int8load import has_s8_linears, u8_weights
+
+    data = path.read_bytes()
+    try:
+        return u8_weights(data) if has_s8_linears(data) else str(path)
+    except PicoError:  # not a readable model: onnxruntime says what is wrong with it
+        return str(path)
 
 
 @dataclass
@@ -150,7 +166,8 @@ class OnnxDecoder:
         if not path.is_file():
             raise PicoError(f"model file not found: {path}")
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model_source(path), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise PicoError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:160]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -166,7 +183,8 @@ class OnnxDecoder:
             raise PicoError(f"{path}: unknown graph layout {self.layout!r} (this picogpt reads {', '.join(LAYOUTS)})")
         expected = io_names(self.layout, self.config.n_layer)[0]
         names = [i.name for i in self.session.get_inputs()]
-        if names != expected:
+        self.web = self.layout == "fused" and names == expected + list(WEB_INPUTS)  # a page's own file
+        if names != expected and not self.web:
             raise PicoError(f"{path}: unexpected inputs {names[:6]}, the {self.layout} layout says {expected[:6]}")
         self.path = path
         self.overlap = file_overlap(path, self.metadata, self.config.context_len) if overlap is None else \
@@ -175,7 +193,7 @@ class OnnxDecoder:
     def new_state(self, batch: int = 1) -> StreamState:
         c = self.config
         zeros = np.zeros((batch, c.n_embd), dtype=np.float32)
-        cache_type = FusedCache if self.layout == "fused" else PortableCache
+        cache_type = WebCache if self.web else FusedCache if self.layout == "fused" else PortableCache
         return StreamState(zeros, zeros.copy(), 0, cache_type(self.session, c, batch),
                            np.zeros((batch, 0), dtype=np.int64))
 

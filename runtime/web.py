@@ -1,7 +1,11 @@
 """`picogpt-web MODEL.onnx -o DIR`: a static folder that generates text in the visitor's browser.
 
 The folder holds index.html, picogpt.js (tokenizer, window protocol, sampler), the model file and
-model.json (the file's `picogpt.*` metadata), run by onnxruntime-web's WASM backend. ORT itself comes
+model.json (the file's `picogpt.*` metadata), run by onnxruntime-web's WASM backend. The model file is
+written for the browser from whatever file is given: quantized linears computing in fp32 on the same codes
+(runtime/webquant.py), its cache outputs cut to the new rows (runtime/webgraph.py), and its fingerprint the
+greedy text it gives natively. The page's promise: its greedy text is `picogpt-run -m SITE/<model file>`'s.
+ORT itself comes
 from a pinned CDN URL checked by subresource integrity, or, with `--ort-dir`, from an installed npm
 package copied into the folder (the page then works offline). Torch-free: onnxruntime + numpy + click.
 """
@@ -24,12 +28,16 @@ from pathlib import Path
 
 import click
 
-from picogpt.contract import META_PREFIX
+from picogpt.contract import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, META_PREFIX
 from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.generation import greedy_text
 from picogpt.paths import remove_stale_work_dirs
+from picogpt.runtime.decoder import OnnxDecoder
 from picogpt.runtime.generator import Generator
+from picogpt.runtime.protomodel import edit_model
 from picogpt.runtime.webfolder import SIDECAR, check_target, page_model_name, script_json
 from picogpt.runtime.webgraph import has_external_data, web_variant
+from picogpt.runtime.webquant import fp32_model
 
 ORT_WEB_VERSION = "1.30.0"  # npm onnxruntime-web, pinned: the integrity hashes below are of its files
 ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM-only build with the emscripten glue bundled in
@@ -48,16 +56,10 @@ def integrity(data: bytes) -> str:
     return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
-# Quantizations whose arithmetic is fp32 (int8-weights only stores int8): the page's text is picogpt-run's.
-FP32_ARITHMETIC = ("none", "int8-weights")
-
-
 def read_model(path: Path, overlap: int | None = None) -> tuple[Generator, dict[str, str]]:
     """Load and check the file as picogpt-run does (missing, not ONNX, not PicoGPT: one-line PicoError)."""
     gen = Generator(path, threads=1, overlap=overlap)  # its decoder has read and checked the picogpt.* metadata
-    # the page re-reads what the file says, or what --overlap says instead
-    meta = {META_PREFIX + k: v for k, v in gen.metadata.items()}
-    return gen, {**meta, META_PREFIX + "overlap": str(gen.decoder.overlap)}
+    return gen, {META_PREFIX + k: v for k, v in gen.metadata.items()}
 
 
 def patch_ir_version(data: bytes) -> bytes:
@@ -136,21 +138,41 @@ def render_index(ort: dict[str, str], title: str) -> str:
 
 def web_model_bytes(model: Path, gen: Generator) -> tuple[bytes, str]:
     """The model file as the page runs it, and a note on what differs from the original."""
-    data = patch_ir_version(model.read_bytes())
+    data, counts = fp32_model(model.read_bytes())
+    notes = [f"quantized linears rewritten to compute in fp32 ({', '.join(f'{v} {k}' for k, v in counts.items())}; "
+             "runtime/webquant.py)"] if counts else []
+    data = patch_ir_version(data)
     if gen.decoder.layout != "fused":
-        return data, "the original graph (ir_version lowered for onnxruntime-web if it was newer)"
+        return data, "; ".join(["the original graph (ir_version lowered for onnxruntime-web if it was newer)", *notes])
     c = gen.config
-    return web_variant(data, c.n_layer, c.n_head, c.head_size), (
+    return web_variant(data, c.n_layer, c.n_head, c.head_size), "; ".join([
         "fused graph, web variant: one output new_rows (the cache rows written, sliced by web_row_start/"
-        "web_row_end) replaces present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for ORT-web")
+        "web_row_end) replaces present_key_i/present_value_i (runtime/webgraph.py); ir_version lowered for ORT-web",
+        *notes])
 
 
-def fill_folder(folder: Path, model: Path, gen: Generator, meta: dict[str, str], ort: dict[str, str] | None,
-                ort_dist: Path | None) -> None:
+def refingerprint(path: Path, overlap: int) -> dict[str, str]:
+    """Store in the written file its overlap and the greedy text it gives natively (the page's promise:
+    `picogpt-run -m` on this file prints the page's greedy text); returns the file's picogpt.* metadata."""
+    decoder = OnnxDecoder(path, threads=1, overlap=overlap)
+    fp = json.loads(decoder.metadata.get("fingerprint", "{}") or "{}")
+    prompt = fp.get("prompt") or FINGERPRINT_PROMPT
+    greedy = greedy_text(decoder, decoder.tokenizer, prompt, FINGERPRINT_CHARS)
+    stored = {} if decoder.metadata.get("overlap") == str(overlap) else {META_PREFIX + "overlap": str(overlap)}
+    if fp.get("greedy") != greedy:
+        stored[META_PREFIX + "fingerprint"] = json.dumps({"prompt": prompt, "greedy": greedy})
+    if stored:
+        path.write_bytes(edit_model(path.read_bytes(), metadata=stored))
+        decoder = OnnxDecoder(path, threads=1)
+    return {META_PREFIX + k: v for k, v in decoder.metadata.items()}
+
+
+def fill_folder(folder: Path, model: Path, gen: Generator, ort: dict[str, str] | None, ort_dist: Path | None) -> None:
     """Write every file of the page into the (empty) `folder`."""
     data, note = web_model_bytes(model, gen)
     name = page_model_name(model)
     (folder / name).write_bytes(data)
+    meta = refingerprint(folder / name, gen.decoder.overlap)
     sidecar = {"model": name, "graph": note, "ort_web": ORT_WEB_VERSION, "metadata": meta}
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     ort = copy_ort(ort_dist, folder) if ort_dist is not None else ort
@@ -174,12 +196,7 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
     if model.is_file() and has_external_data(model.read_bytes()):
         raise PicoError(f"{model} keeps its weights in a separate data file, which the page cannot load: export it "
                         "again as one file (picogpt-export writes one)")
-    gen, meta = read_model(model, overlap)
-    if gen.metadata.get("quantization", "none") not in FP32_ARITHMETIC:
-        click.echo(f"note: {model.name} quantizes activations to int8 as it runs "
-                   f"({gen.metadata['quantization']}): the page's greedy text can leave picogpt-run's at a near-tie "
-                   "(WASM and native floats differ in the last bit); a file exported with --quantize int8-weights "
-                   "computes in fp32 and stays identical", err=True)
+    gen, _ = read_model(model, overlap)
     ort_dist = find_ort_dist(ort_dir) if ort_dir is not None else None
     parent = out.parent
     remove_stale_work_dirs(parent, f".{out.name}.picogpt-web-")
@@ -190,7 +207,7 @@ def write_page(model: Path, out: Path, ort_dir: Path | None, ort_url: str | None
         raise PicoError(f"-o {out} cannot be written ({exc.strerror})") from None
     old = None
     try:
-        fill_folder(work, model, gen, meta, ort, ort_dist)
+        fill_folder(work, model, gen, ort, ort_dist)
         os.chmod(work, 0o755)  # mkdtemp makes it 0700: a static host must be able to read it
         if out.exists():  # a page written earlier: swap it out, then remove it
             old = out.with_name(f".{out.name}.old-{os.getpid()}-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
@@ -24,7 +25,7 @@ def test_quick_bench_reports_every_engine(tiny_ckpt: Path, tmp_path: Path) -> No
     assert engines == {"torch-naive", "torch-kv", "ort-fp32", "ort-int8", "ort-int4"}
     for r in result["rows"]:
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 10
-        assert r["floor_ms"] > 0 and r["bound"] in ("memory", "compute")
+        assert r["floor_ms"] > 0 and r["bound"].split()[0] in ("memory", "compute")  # and the level or arithmetic
     naive = next(r for r in result["rows"] if r["engine"] == "torch-naive")
     kv = next(r for r in result["rows"] if r["engine"] == "torch-kv")
     assert naive["p50_ms"] > kv["p50_ms"]  # recomputing 10 windows per token costs more than one cached step
@@ -139,3 +140,57 @@ def test_window_gain_standard_error_matches_a_sequence_at_a_time_reference(rando
     assert np.allclose(zeroed.per_window() - carried.per_window(), gains.mean(0), atol=1e-5)
     assert np.allclose(zeroed.gain_se(carried), gains.std(0, ddof=1) / np.sqrt(m), atol=1e-6)
     assert zeroed.gain_se(carried)[1:].min() > 0 and zeroed.gain_se(carried)[0] == 0  # window 1: both zero
+
+
+def test_bench_batches_threads_and_the_cache_aware_roofline(exported: Path, tmp_path: Path) -> None:
+    """--batches adds rows of total tokens/s; the roofline names the level the weights are read from."""
+    js = tmp_path / "b.json"
+    proc = run_cli("picogpt.bench", "--onnx", str(exported), "--rounds", "1", "--tokens", "40", "--batches", "1,4",
+                   "--threads", "1,2", "--json", str(js))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(js.read_text())
+    rows = {(r["threads"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(1, 1), (1, 4), (2, 1), (2, 4)}
+    assert rows[(2, 1)]["threads_used"] in ("1", "2") and rows[(1, 1)]["threads_used"] == "1"
+    assert "batch 4 total tokens/s" in proc.stdout and "2 threads" in proc.stdout
+    roof = result["roofline"]
+    assert set(roof["bandwidth"]) == {"L2", "L3", "DRAM"} and roof["int8_gops"] > 0 and roof["gemm_gflops"] > 0
+    tiny = exported.stat().st_size  # ~100 kB: it lives in L2 (or the arithmetic bounds it)
+    assert tiny < roof["caches"]["L2"] and rows[(1, 1)]["bound"] in ("memory (L2)", "compute (fp32)")
+
+
+def test_bench_llamacpp_engines_say_how_to_install_or_run(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """Without llama-cpp-python: one note saying how to install it, the other engines still run. With it: the
+    engines run and their ratio to ort-int8 is printed."""
+    from picogpt.bench.llamacpp import available
+
+    js = tmp_path / "b.json"
+    proc = run_cli("picogpt.bench", str(tiny_ckpt), "--quick", "--engines", "ort-int8,llamacpp-q8_0", "--json", str(js))
+    assert proc.returncode == 0, proc.stderr
+    engines = {r["engine"] for r in json.loads(js.read_text())["rows"]}
+    if available():
+        assert engines == {"ort-int8"} and proc.stderr.count("pip install") == 1
+    else:
+        assert engines == {"ort-int8", "llamacpp-q8_0"} and "ort-int8 vs llamacpp-q8_0" in proc.stdout
+
+
+def test_llamacpp_gguf_matches_torch_on_the_first_window(random_model, tmp_path: Path) -> None:
+    """The GGUF is the model: llama.cpp's first-window logits are torch's (GELU tanh-approximated there)."""
+    from picogpt.bench.llamacpp import LlamaCppDecoder, available, check_first_window, gguf_config, write_gguf
+    from picogpt.tokenizer import CharTokenizer
+
+    if available():
+        pytest.skip(available())
+    paths = {f"llamacpp-{q}": write_gguf(random_model, CharTokenizer(), tmp_path / f"{q}.gguf", q)
+             for q in ("f32", "q8_0", "q4_0")}
+    assert gguf_config(paths["llamacpp-f32"]) == random_model.config
+    checked = check_first_window(random_model, paths)
+    assert checked["llamacpp-f32"][0] < 1e-2 and checked["llamacpp-f32"][1] == 1.0
+    assert checked["llamacpp-f32"][0] < checked["llamacpp-q8_0"][0] < checked["llamacpp-q4_0"][0]
+    decoder = LlamaCppDecoder(paths["llamacpp-f32"], 1, overlap=4)  # rolls over past a full window
+    state = decoder.new_state()
+    n = random_model.config.n_positions
+    for i in range(2 * n):
+        logits = decoder.feed(np.array([[1 + i % 50]]), state)
+        assert logits.shape == (1, random_model.config.vocab_size) and 0 < state.pos <= n
+    decoder.close()

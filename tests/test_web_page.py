@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import meta_of, require_web, run_cli
+from picogpt.export.build import set_metadata
+from picogpt.export.quantize import quantize
 from picogpt.runtime import Generator, bundled_model_path
 from picogpt.runtime.web import ORT_MODULE, ORT_WASM, ORT_WEB_VERSION, start_server
 from picogpt.sampling import SamplingConfig
@@ -59,6 +61,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         out = tmp_path_factory.mktemp("web") / "site"
         proc = run_cli("picogpt.runtime.web", str(model), "-o", str(out), *(args or ("--ort-dir", str(ORT_DIR))))
         assert proc.returncode == 0, proc.stderr
+        start.last = out  # type: ignore[attr-defined]
         return serve_folder(out, servers)
 
     start.folder = lambda folder: serve_folder(folder, servers)  # type: ignore[attr-defined]
@@ -90,31 +93,39 @@ def python_text(model: Path | None, prompt: str, n: int, **sampling) -> str:
 
 
 def test_page_greedy_equals_picogpt_run_on_the_bundled_model(browser, serve) -> None:
+    """Whatever form the bundled file has (int8 runs natively fastest), the page's own file computes in fp32
+    and its greedy text is `picogpt-run -m SITE/<that file>`'s, fingerprint included."""
     page = open_page(browser, serve(bundled_model_path()))
-    meta = meta_of(bundled_model_path())
+    site_file = serve.last / bundled_model_path().name
+    meta = meta_of(site_file)
     fp = json.loads(meta["picogpt.fingerprint"])
     assert len(fp["prompt"]) + GREEDY_CHARS > 3 * json.loads(meta["picogpt.config"])["context_len"]  # 3 roll-overs
-    assert meta["picogpt.quantization"] == "int8-weights"  # int8 storage, fp32 arithmetic (docs/onnx.md)
+    assert meta["picogpt.quantization"] == "int8-weights"  # int8 storage, fp32 arithmetic (runtime/webquant.py)
     assert int(meta["picogpt.overlap"]) > 0  # each new window re-reads the end of the last one, in both
     got = page.evaluate(GREEDY_JS, [fp["prompt"], GREEDY_CHARS])
     print(f"\nbundled: stats {got['stats']}; page load to last token {got['now']:.0f} ms")
-    assert got["text"].startswith(fp["greedy"])  # the file's fingerprint
-    assert got["text"] == python_text(None, fp["prompt"], GREEDY_CHARS)
+    assert got["text"].startswith(fp["greedy"])  # the page file's fingerprint
+    assert got["text"] == python_text(site_file, fp["prompt"], GREEDY_CHARS)
     page.close()
 
 
-@pytest.mark.parametrize("layout", ["fused", "portable"])
+@pytest.mark.parametrize("layout", ["fused", "portable", "fused-int8"])
 def test_page_greedy_equals_picogpt_run_on_a_fresh_export(browser, serve, layout: str, exported: Path,
-                                                           exported_portable: Path) -> None:
+                                                           exported_portable: Path, tmp_path: Path) -> None:
     model = exported if layout == "fused" else exported_portable
+    if layout == "fused-int8":  # integer arithmetic natively: the page gets the same codes computed in fp32
+        model = tmp_path / "tiny-int8.onnx"
+        quantize(exported, model, "int8")
+        set_metadata(model, {**meta_of(exported), "picogpt.quantization": "int8"})
     page = open_page(browser, serve(model))
     got = page.evaluate(GREEDY_JS, ["ROMEO:\n", GREEDY_CHARS])["text"]
-    assert got == python_text(model, "ROMEO:\n", GREEDY_CHARS)  # 25 windows of 16
+    assert got == python_text(serve.last / model.name, "ROMEO:\n", GREEDY_CHARS)  # 25 windows of 16
     page.close()
 
 
 def test_page_settings_stop_warnings_and_screenshot(browser, serve, tmp_path: Path) -> None:
     page = open_page(browser, serve(bundled_model_path()))
+    site_file = serve.last / bundled_model_path().name
     page.fill("#temperature", "hot")  # nonsense settings: an inline message, nothing runs
     page.click("#go")
     assert "temperature must be a number" in page.text_content("#error")
@@ -148,7 +159,7 @@ def test_page_settings_stop_warnings_and_screenshot(browser, serve, tmp_path: Pa
     empty, newline = page.evaluate("""async () => [
       await picogpt.generate('', {temperature: 0, maxNewTokens: 50}),
       await picogpt.generate('\\n', {temperature: 0, maxNewTokens: 50})]""")
-    assert empty == newline and empty[:10] == python_text(None, "", 10)  # an empty prompt is "\n", as in picogpt-run
+    assert empty == newline and empty[:10] == python_text(site_file, "", 10)  # an empty prompt is "\n", as picogpt-run
     page.close()
 
 
