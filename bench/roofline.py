@@ -75,7 +75,7 @@ def measure_machine() -> dict:
     """Run the probe on one core in a fresh process (BLAS threads fixed before numpy loads)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     caches = levels()
-    # each working set half its level (the rest of the box uses it too); DRAM: 4x the L3, at least 64 MiB
+    # each working set half its level (the rest of the machine uses it too); DRAM: 4x the L3, at least 64 MiB
     sizes = {"L2": caches["L2"] // 2, "L3": caches["L3"] // 2, "DRAM": max(4 * caches["L3"], 64 * 2**20)}
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(sizes)], capture_output=True, text=True,

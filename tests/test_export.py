@@ -54,7 +54,7 @@ def test_onnx_matches_torch_across_windows_and_batches(random_model: GPT, export
     dec = OnnxDecoder(exported_any, threads=1)
     ids = torch.randint(0, CFG.vocab_size - 8, (3, 4 * CFG.context_len + 5))
     with torch.no_grad():
-        ref, _ = random_model(ids)
+        ref, _ = random_model(ids, overlap=dec.overlap)  # the file's overlap, as generation runs it
     state = dec.new_state(3)
     # a prefill that crosses two window boundaries, then single steps across the next ones
     logits = dec.feed(ids[:, :40].numpy(), state)
@@ -71,7 +71,7 @@ def test_chunked_prefill_after_a_cache_matches_torch(random_model: GPT, exported
     dec = OnnxDecoder(exported_any, threads=1)
     ids = torch.randint(0, CFG.vocab_size - 8, (2, 4 * CFG.context_len))
     with torch.no_grad():
-        ref, _ = random_model(ids)
+        ref, _ = random_model(ids, overlap=dec.overlap)
     state, t = dec.new_state(2), 0
     for size in (5, 7, 1, 12, 20, 3, 9):  # chunks that start mid-window and cross boundaries
         logits = dec.feed(ids[:, t : t + size].numpy(), state)
@@ -83,10 +83,10 @@ def test_context_vector_protocol_matches_torch_decode_state(random_model: GPT, e
     dec = OnnxDecoder(exported_any, threads=1)
     ids = torch.randint(0, CFG.vocab_size - 8, (2, 2 * CFG.context_len + 3))
     with torch.no_grad():
-        _, tstate = random_model.decode(ids, random_model.new_state(2))
+        _, tstate = random_model.decode(ids, random_model.new_state(2), dec.overlap)
     ostate = dec.new_state(2)
     dec.feed(ids.numpy(), ostate)
-    assert ostate.pos == tstate.pos
+    assert ostate.pos == tstate.pos and np.array_equal(ostate.recent, tstate.recent.numpy())
     assert np.allclose(ostate.context, tstate.context.numpy(), atol=1e-5)
     assert np.allclose(ostate.hidden_sum, tstate.hidden_sum.numpy(), atol=1e-4)
 
@@ -279,9 +279,9 @@ def test_int8_weights_graph_computes_what_the_codes_hold(random_model: GPT, expo
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     assert "Cast" not in {n.op_type for n in onnx.load(str(folded)).graph.node}  # nothing left to run per step
     ids = torch.randint(0, TINY_CONFIG.vocab_size - 8, (2, 2 * TINY_CONFIG.context_len + 3))
-    with torch.no_grad():
-        want, _ = ref(ids)
     dec = OnnxDecoder(path, threads=1)
+    with torch.no_grad():
+        want, _ = ref(ids, overlap=dec.overlap)
     state = dec.new_state(2)
     got = np.stack([dec.feed(ids[:, t : t + 1].numpy(), state) for t in range(ids.shape[1])], axis=1)
     assert np.abs(got - want.numpy()).max() < 1e-4

@@ -90,9 +90,9 @@ def test_block_codes_graph_computes_what_the_codes_hold(random_model, exported_a
     path = tmp_path / "gptq.onnx"
     onnx.save(graph, str(path))
     ids = torch.randint(0, CFG.vocab_size - 8, (2, 2 * CFG.context_len + 3))
-    with torch.no_grad():
-        ref, _ = fake_quantized(random_model, in_graph)(ids)
     dec = OnnxDecoder(path, threads=1)
+    with torch.no_grad():
+        ref, _ = fake_quantized(random_model, in_graph)(ids, overlap=dec.overlap)
     state = dec.new_state(2)
     got = np.stack([dec.feed(ids[:, t : t + 1].numpy(), state) for t in range(ids.shape[1])], axis=1)
     assert np.abs(got - ref.numpy()).max() < 1e-4

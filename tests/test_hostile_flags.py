@@ -184,14 +184,14 @@ def test_extreme_sampling_values_give_text_without_warnings(sampling: dict, gene
 def test_one_stream_continued_from_two_threads_is_refused(generator) -> None:
     from picogpt.runtime import SamplingConfig
 
-    session = generator.session(SamplingConfig(temperature=0), seed=0)
-    first = generator.stream("the king", 50, session=session)
+    session = generator.new_stream(SamplingConfig(temperature=0), seed=0)
+    first = generator.stream("the king", 50, stream=session)
     next(first)  # this thread is in the middle of the stream
     errors: list[str] = []
 
     def other() -> None:
         try:
-            list(generator.stream("and", 5, session=session))
+            list(generator.stream("and", 5, stream=session))
         except PicoError as exc:
             errors.append(str(exc))
 
@@ -201,4 +201,4 @@ def test_one_stream_continued_from_two_threads_is_refused(generator) -> None:
     assert len(errors) == 1 and "another thread" in errors[0]
     rest = "".join(first)  # the first stream goes on undisturbed
     assert len(rest) > 0
-    assert "".join(generator.stream("and", 5, session=session))  # and once it is done, the stream continues
+    assert "".join(generator.stream("and", 5, stream=session))  # and once it is done, the stream continues

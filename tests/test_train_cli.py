@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, run_cli
+from picogpt.windows import window_spans
 
 FAST = [*TINY, "--batch-size", "4", "--seq-windows", "3", "--eval-iters", "2", "--quiet", "--no-report"]
 
@@ -38,9 +39,12 @@ def test_train_writes_log_plot_checkpoint_and_learns(corpus_file: Path, tmp_path
     assert ckpt["step"] == 60 and ckpt["config"]["context_len"] == 16
     # the end-of-run report: per-window val loss with the carried vs zeroed context vector
     assert "carried" in proc.stdout and "zeroed" in proc.stdout
-    # the whole val split, streamed in sequences of 10 windows as the runtime reads text: one row per window
-    assert len([ln for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]) == 10
-    assert "by position in the window" in proc.stdout
+    # the whole val split, streamed in sequences of 160 characters as generation reads them (each new window
+    # re-reads 4, the default overlap for windows of 16): one row per window, the plain protocol beside
+    windows = len(list(window_spans(4 + 160, 16, 4)))
+    assert len([ln for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]) == windows == 14
+    assert "re-reads 4 characters" in proc.stdout and "plain protocol" in proc.stdout
+    assert "by characters of context in the window" in proc.stdout
 
 
 # picogpt-train with a real SIGINT sent to itself right after a given step: the signal arrives mid-run at a known
