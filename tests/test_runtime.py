@@ -15,6 +15,7 @@ from picogpt.errors import PicoError
 from picogpt.runtime import Generator, bundled_model_path
 from picogpt.sampling import SamplingConfig
 from picogpt.tokenizer import CharTokenizer
+from picogpt.windows import plan_chunks
 
 TOK = CharTokenizer()
 SETTINGS = [dict(temperature=0.0), dict(temperature=1.0, top_k=20), dict(temperature=0.9, top_p=0.9,
@@ -183,7 +184,8 @@ def test_the_fused_cache_is_written_in_place_and_stays_one_window(exported: Path
         dec.feed(np.array([[TOK.encode("a")[0]]]), state)
         positions.append(state.pos)
     # a new window after each full one: the slot, the re-read overlap and the new character
-    assert max(positions) == TINY_CONFIG.n_positions and positions.count(2 + dec.overlap) == 3
+    rolls = sum(c.roll_over for c in plan_chunks(6, 3 * TINY_CONFIG.n_positions, TINY_CONFIG.context_len, dec.overlap))
+    assert max(positions) == TINY_CONFIG.n_positions and positions.count(2 + dec.overlap) == rolls >= 3
 
 
 def test_version_1_files_still_run(exported_portable: Path, tmp_path: Path) -> None:
