@@ -55,15 +55,19 @@ def latency_section(name: str | None, r: dict) -> list[str]:
 def quality_section(name: str, r: dict) -> list[str]:
     return table_lines(r["rows"]) + ["", "val: mean cross-entropy (nats per character) of every character of the "
                                      "validation split, streamed in 1,280-character sequences with the context "
-                                     "vector carried, and zeroed. The last column: the smallest gain of the "
-                                     "carried vector over zeros on windows 2-10, with its standard error."]
+                                     "vector carried, and zeroed; (K): each new window re-reads K characters, as "
+                                     "generation does; plain: none. The last column: the smallest gain of the "
+                                     "carried vector over zeros on windows 2 and later, with its standard error."]
 
 
 def score_section(name: str, r: dict) -> list[str]:
-    lines = ["| file | quantization | val loss | characters scored |", "|---|---|---|---|"]
-    lines += [f"| `{row['file']}` | {row['quantization']} | {row['val_loss']:.4f} | {row['targets']:,} |"
-              for row in r["rows"]]
-    return lines + ["", "Streamed through the runtime's decoder in 1,280-character sequences, context vector carried."]
+    lines = ["| file | quantization | val loss (overlap) | val loss (plain) | characters scored |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{row['file']}` | {row['quantization']} | {row['val_loss']:.4f} ({row.get('overlap', 0)}) | "
+              f"{row.get('plain', row['val_loss']):.4f} | {row['targets']:,} |" for row in r["rows"]]
+    return lines + ["", "Streamed through the runtime's decoder in 1,280-character sequences, context vector carried; "
+                    "with the file's overlap each sequence first reads the characters before it, and each new window "
+                    "re-reads them; plain: no overlap."]
 
 
 def muon_cost(r: dict) -> tuple[float, float, float] | None:
@@ -168,11 +172,13 @@ def headline(results: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
             for minutes in sorted({x["minutes"] for x in data}):
                 best = min((x for x in data if x["minutes"] == minutes), key=lambda x: x["val_loss"])
                 steps = f"{best['steps']:,} step" + ("s" if best["steps"] != 1 else "")
-                rows.append((f"Quality after {minutes:g} CPU-minutes", f"val loss {best['val_loss']:.4f} "
+                rows.append((f"Quality after {minutes:g} CPU-minutes", f"val loss {best['val_loss']:.4f} with "
+                             f"overlap {best.get('overlap', 0)}, {best.get('plain', best['val_loss']):.4f} plain "
                              f"({best['recipe']}, {best['preset']}, {steps})", r))
         elif kind == "score":
             rows += [("The bundled model's score" if Path(x["file"]).name == BUNDLED_MODEL else
-                      f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} on {x['targets']:,} "
+                      f"Score of `{Path(x['file']).name}`", f"val loss {x['val_loss']:.4f} with overlap "
+                      f"{x.get('overlap', 0)} ({x.get('plain', x['val_loss']):.4f} plain) on {x['targets']:,} "
                       "characters", r) for x in data]
         elif kind == "train-speed" and muon_cost(r):
             rows.append(("Muon's cost per step", f"{fewer_or_more(muon_cost(r)[0])} tokens/s than AdamW "

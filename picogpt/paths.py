@@ -44,6 +44,8 @@ def is_our_report(path: Path) -> bool:
         return False
     if isinstance(report, list):  # picogpt-bench quality's rows: each a scored run or file
         return bool(report) and all(isinstance(r, dict) and "val_loss" in r for r in report)
+    if isinstance(report, dict) and {"schema", "benchmark", "command", "machine", "rows"} <= report.keys():
+        return True  # a benchmark's result file (bench/results.py)
     return isinstance(report, dict) and str(report.get(MARKER_KEY, "")).startswith("picogpt")
 
 
