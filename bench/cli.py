@@ -9,95 +9,31 @@ cache level the weights live in (or the int8/fp32 multiply rate) allows.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import click
 
+from picogpt.bench.latency import (
+    DEFAULT_ENGINES,
+    all_models,
+    build_rows,
+    context_len_of,
+    have_torch,
+    ratio_lines,
+    run_rounds,
+)
 from picogpt.bench.llamacpp import ENGINES as LLAMACPP_ENGINES
 from picogpt.bench.quality import quality
 from picogpt.bench.results import envelope, load_results, write_result
-from picogpt.bench.roofline import floor_ms, measure_machine
+from picogpt.bench.roofline import measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
 from picogpt.errors import PicoError, cli_errors, path_type
 from picogpt.paths import MARKDOWN_MARKER, check_output, write_atomic
 from picogpt.system import check_threads
 from picogpt.windows import check_overlap
-
-ORT_ENGINES = {"ort-fp32": "none", "ort-int8": "int8", "ort-int4": "int4"}
-DEFAULT_ENGINES = ("torch-naive", "torch-kv", *ORT_ENGINES)
-SINGLE_STREAM = ("torch-naive", *LLAMACPP_ENGINES)  # timed at batch 1 only
-
-
-def have_torch() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
-
-
-def prepare_models(checkpoint: Path | None, onnx_files: list[Path], work: Path) -> dict[str, Path]:
-    """engine -> file: the checkpoint for torch, exported/quantized files for ORT."""
-    models: dict[str, Path] = {}
-    if checkpoint is not None and have_torch():
-        models["torch-naive"] = models["torch-kv"] = checkpoint
-    for f in onnx_files:
-        from picogpt.runtime.decoder import OnnxDecoder
-
-        quant = OnnxDecoder(f).metadata.get("quantization", "none")
-        name = next((e for e, q in ORT_ENGINES.items() if q == quant), f"ort-{quant}")
-        models[name] = f
-    missing = [e for e in ORT_ENGINES if e not in models]
-    if missing and checkpoint is not None and have_torch():
-        click.echo(f"exporting {', '.join(missing)} from {checkpoint} ...", err=True)
-        from picogpt.checkpoint import read_checkpoint
-        from picogpt.export.build import build_files
-
-        methods = [ORT_ENGINES[e] for e in missing if ORT_ENGINES[e] != "none"]
-        files = build_files(read_checkpoint(checkpoint), work, methods)
-        models.update({engine: files[ORT_ENGINES[engine]] for engine in missing})
-    return models
-
-
-def context_len_of(path: Path) -> int:
-    """The window length of a checkpoint or an exported file (what --overlap must stay under)."""
-    if path.suffix == ".onnx":
-        from picogpt.runtime.decoder import OnnxDecoder
-
-        return OnnxDecoder(path).config.context_len
-    from picogpt.checkpoint import read_checkpoint
-
-    return read_checkpoint(path).model.config.context_len
-
-
-def run_engine(engine: str, model: Path, threads: int, cores: str, tokens: int, batch: int = 1,
-               overlap: int | None = None) -> dict:
-    cmd = [sys.executable, "-m", "picogpt.bench.engines", "--engine", engine, "--model", str(model),
-           "--threads", str(threads), "--tokens", str(tokens), "--cores", cores, "--batch", str(batch),
-           *(["--overlap", str(overlap)] if overlap is not None else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise PicoError(f"engine {engine} failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def summarize(runs: list[dict]) -> dict:
-    keys = ["load_s", "prefill_ms", "p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_rss_mb"]
-    s = {k: statistics.median(r[k] for r in runs) for k in keys}
-    s["p50_min"] = min(r["p50_ms"] for r in runs)
-    s["p50_max"] = max(r["p50_ms"] for r in runs)
-    s["size_mb"] = runs[0]["size_mb"]
-    s["overlap"] = runs[0].get("overlap", 0)
-    s["overlap_share"] = statistics.median(r.get("overlap_share", 0.0) for r in runs)
-    s["rounds"] = len(runs)
-    used = sorted({r.get("threads_used", r["threads"]) for r in runs})
-    s["threads_used"] = "/".join(map(str, used))  # ORT keeps 1 thread where more measure slower at load
-    return s
 
 
 def check_outputs(outputs, inputs) -> None:
@@ -131,6 +67,24 @@ class LatencyByDefault(click.Group):
 @click.group(cls=LatencyByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Benchmarks: `latency` (the default: torch vs ONNX Runtime per token) and `quality` (val loss per CPU-minute)."""
+
+
+def check_inputs(cores: str, checkpoint: Path | None, onnx_files: tuple[Path, ...], overlap: int | None) -> None:
+    """--cores, the model files and --overlap, refused in one line before any work."""
+    if cores:
+        pinned = set(parse_list(cores, "--cores"))
+        available = os.sched_getaffinity(0)
+        if not pinned <= available:
+            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(pinned - available)} "
+                            f"(available: {sorted(available)})")
+    if checkpoint is None and not onnx_files:
+        raise PicoError("give a CHECKPOINT, or --onnx files")
+    files = [p for p in (checkpoint, *onnx_files) if p is not None]
+    for p in files:
+        if not p.is_file():
+            raise PicoError(f"file not found: {p}")
+    for p in files if overlap is not None else []:
+        check_overlap(overlap, context_len_of(p))
 
 
 @main.command("latency", context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,20 +130,7 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
     if unknown:
         raise PicoError(f"--engines: unknown {', '.join(unknown)} (known: "
                         f"{', '.join((*DEFAULT_ENGINES, *LLAMACPP_ENGINES))})")
-    if cores:
-        pinned = set(parse_list(cores, "--cores"))
-        available = os.sched_getaffinity(0)
-        if not pinned <= available:
-            raise PicoError(f"--cores names CPUs that do not exist here: {sorted(pinned - available)} "
-                            f"(available: {sorted(available)})")
-    if checkpoint is None and not onnx_files:
-        raise PicoError("give a CHECKPOINT, or --onnx files")
-    for p in [checkpoint, *onnx_files]:
-        if p is not None and not p.is_file():
-            raise PicoError(f"file not found: {p}")
-    for p in [checkpoint, *onnx_files] if overlap is not None else []:
-        if p is not None:
-            check_overlap(overlap, context_len_of(p))
+    check_inputs(cores, checkpoint, onnx_files, overlap)
     if quick:
         rounds, tokens, naive_tokens, threads = min(rounds, 2), 300, 5, threads[:1]
     if checkpoint is not None and not have_torch():
@@ -206,16 +147,7 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
             click.echo(f"note: {note}", err=True)
         machine = measure_machine()
         click.echo(f"roofline probe (1 core): {roofline_text(machine)}")
-        raw: dict[tuple[str, int, int], list[dict]] = {}
-        for r in range(rounds):
-            for t in threads:
-                for b in batches:
-                    for engine, path in models.items():
-                        if b > 1 and engine in SINGLE_STREAM:
-                            continue
-                        n = naive_tokens if engine == "torch-naive" else tokens
-                        raw.setdefault((engine, t, b), []).append(run_engine(engine, path, t, cores, n, b, overlap))
-            click.echo(f"round {r + 1}/{rounds} done", err=True)
+        raw = run_rounds(models, rounds, threads, batches, cores, (tokens, naive_tokens), overlap)
         rows = build_rows(raw, models, machine)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -229,69 +161,6 @@ def latency(checkpoint: Path | None, onnx_files: tuple[Path, ...], threads_text:
                                                                 + latency_section(None, result)) + "\n", "--markdown")
     if plot_path:
         write_plot(plot_path, rows)
-
-
-def all_models(checkpoint: Path | None, onnx_files: list[Path], wanted: list[str], work: Path
-               ) -> tuple[dict[str, Path], list[str]]:
-    """engine -> file for the `wanted` engines that can run here, and notes on the ones that cannot."""
-    models = {e: p for e, p in prepare_models(checkpoint, onnx_files, work).items()
-              if e in wanted or e not in DEFAULT_ENGINES}
-    llama = [e for e in wanted if e in LLAMACPP_ENGINES]
-    notes: list[str] = []
-    if llama and (checkpoint is None or not have_torch()):
-        notes.append("llama.cpp engines need CHECKPOINT and torch (the GGUF is written from the checkpoint)")
-    elif llama:
-        from picogpt.bench.llamacpp import prepare
-
-        paths, notes = prepare(checkpoint, llama, work, lambda m: click.echo(m, err=True))
-        models.update(paths)
-    return models, notes
-
-
-def build_rows(raw: dict, models: dict[str, Path], machine: dict) -> list[dict]:
-    """Medians per engine, thread count and batch, speed-ups and the roofline columns."""
-    from picogpt.bench.report import INT8_ENGINES, model_costs
-
-    rows = []
-    for (engine, t, b), runs in raw.items():
-        row = {"engine": engine, "threads": t, "batch": b, **summarize(runs)}
-        weights, cache, flops = model_costs(engine, models[engine])
-        mem, comp, level = floor_ms(weights + b * cache, b * flops, machine, engine in INT8_ENGINES)
-        row["floor_ms"] = max(mem, comp)
-        kind = "int8" if engine in INT8_ENGINES else "fp32"
-        row["bound"] = f"memory ({level})" if mem >= comp else f"compute ({kind})"
-        row["vs_floor"] = row["p50_ms"] / row["floor_ms"]
-        rows.append(row)
-    for row in rows:
-        for base in ("torch-naive", "torch-kv"):
-            ref = next((r for r in rows if r["engine"] == base and r["threads"] == row["threads"]
-                        and r["batch"] == row["batch"]), None)
-            row[f"x_{base}"] = ref["p50_ms"] / row["p50_ms"] if ref else None
-    return rows
-
-
-def ratio_lines(rows: list[dict]) -> list[str]:
-    """The comparisons the bench exists for: int8 against llama.cpp, 2 threads against 1, batches against 1."""
-    def get(engine: str, t: int = 1, b: int = 1) -> dict | None:
-        return next((r for r in rows if r["engine"] == engine and r["threads"] == t and r["batch"] == b), None)
-
-    out, ours = [], get("ort-int8")
-    for peer in LLAMACPP_ENGINES:
-        if ours and get(peer):
-            p = get(peer)
-            out.append(f"ort-int8 vs {peer} (1 thread): decode {ours['tokens_per_s'] / p['tokens_per_s']:.2f}x "
-                       f"tokens/s, prefill {p['prefill_ms'] / ours['prefill_ms']:.2f}x")
-    for r in rows:
-        one = get(r["engine"], 1, r["batch"])
-        if r["threads"] > 1 and one:
-            out.append(f"{r['engine']} batch {r['batch']}: {r['threads']} threads {one['p50_ms'] / r['p50_ms']:.2f}x "
-                       f"1 thread (medians; its slowest round vs 1 thread's fastest "
-                       f"{one['p50_min'] / r['p50_max']:.2f}x; threads used {r['threads_used']})")
-        base = get(r["engine"], r["threads"], 1)
-        if r["batch"] > 1 and base:
-            out.append(f"{r['engine']} {r['threads']} thr: batch {r['batch']} total tokens/s "
-                       f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x batch 1")
-    return out
 
 
 PAGE_HEADING = b"# Measured results\n"  # what render_page writes first: a page it may replace

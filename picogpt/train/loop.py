@@ -125,8 +125,7 @@ class TrainingRun:
         elif dist.is_main:
             self.log_path.unlink(missing_ok=True)
         if dist.enabled:
-            # Each rank draws its own batches; seeded by (seed, rank, step) so a resume at any world size
-            # is reproducible. (A single process restores its exact generator state instead.)
+            # Each rank's batches are seeded by (seed, rank, step): a resume at any world size is reproducible.
             self.rng = np.random.default_rng([tc.seed, dist.rank, self.step])
 
     def warn(self, message: str) -> None:
@@ -271,8 +270,7 @@ class TrainingRun:
                    dynamic_ncols=True, desc="train")
         try:
             while True:
-                # a budget spent before the first step (a slow first eval) still trains one step
-                out_of_time = budget is not None and self.step > start_step and self.elapsed() > budget
+                out_of_time = budget is not None and self.step > start_step and self.elapsed() > budget  # >= 1 step
                 interrupted, out_of_time = dist.any(self.stopper.requested, out_of_time)
                 done = self.step >= self.horizon or out_of_time or interrupted
                 resumed_here = self.logged_already and self.step == start_step  # logged and saved already
