@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,31 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+CHROMIUM = os.environ.get("PICOGPT_CHROMIUM", "/usr/bin/chromium")
+ORT_DIR = Path(os.environ.get("PICOGPT_ORT_DIR", Path(__file__).resolve().parents[1] / ".web-deps"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not Path(CHROMIUM).is_file():
+        require_web(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    if not (ORT_DIR / "node_modules" / "onnxruntime-web").is_dir():
+        require_web(f"no onnxruntime-web in {ORT_DIR} (npm install onnxruntime-web@{ort_web_version()} --prefix ...)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_web("no playwright (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+
+
+def ort_web_version() -> str:
+    from picogpt.runtime.web import ORT_WEB_VERSION
+
+    return ORT_WEB_VERSION

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_web_page import serve_folder
 
-from conftest import assert_one_line_error, require_web, run_main, stop_process
+from conftest import ORT_DIR, assert_one_line_error, run_main, stop_process
 from picogpt.runtime.web import main as web_main
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("PICOGPT_CHROMIUM", "/usr/bin/chromium")
-ORT_DIR = Path(os.environ.get("PICOGPT_ORT_DIR", REPO / ".web-deps"))
 HOSTILE_NAMES = ['w<img src=x onerror="window.pwned=1">.onnx', "a'b\"c<script>window.pwned=2<!--.onnx",
                  "run#1.onnx", "x?y=1&z=<b>.onnx", "  spaced name .onnx", "%2e%2e.onnx", "index.html", "picogpt.js",
                  "model.json", "ort", "..onnx"]
@@ -120,17 +119,7 @@ def test_work_folders_of_a_killed_page_writer_are_removed(exported: Path, tmp_pa
 # ---- the page in Chromium: nothing hostile runs ------------------------------------------------------------
 
 
-def test_no_script_runs_from_a_hostile_model_name_in_chromium(exported: Path, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).is_file():
-        require_web(f"no chromium at {CHROMIUM}")
-    if not (ORT_DIR / "node_modules" / "onnxruntime-web").is_dir():
-        require_web(f"no onnxruntime-web in {ORT_DIR}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require_web("no playwright")
-    from test_web_page import serve_folder
-
+def test_no_script_runs_from_a_hostile_model_name_in_chromium(browser, exported: Path, tmp_path: Path) -> None:
     name = HOSTILE_NAMES[0].replace(".onnx", "") + HOSTILE_NAMES[1]
     model = copy_as(exported, tmp_path / "in", name)
     site = tmp_path / "site"
@@ -139,18 +128,16 @@ def test_no_script_runs_from_a_hostile_model_name_in_chromium(exported: Path, tm
     servers: list = []
     url = serve_folder(site, servers)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(url)
-            page.evaluate("window.picogpt.ready.then(() => true)")
-            text = page.evaluate("picogpt.generate('ROMEO:', {temperature: 0, maxNewTokens: 20})")
-            assert page.evaluate("window.pwned") is None and not dialogs
-            assert page.title() == f"PicoGPT: {model.stem}"  # shown as text, exactly
-            assert page.text_content("h1") == f"PicoGPT: {model.stem}" and len(text) > 0
-            browser.close()
+        page = browser.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.evaluate("window.picogpt.ready.then(() => true)")
+        text = page.evaluate("picogpt.generate('ROMEO:', {temperature: 0, maxNewTokens: 20})")
+        assert page.evaluate("window.pwned") is None and not dialogs
+        assert page.title() == f"PicoGPT: {model.stem}"  # shown as text, exactly
+        assert page.text_content("h1") == f"PicoGPT: {model.stem}" and len(text) > 0
+        page.close()
     finally:
         for s in servers:
             s.shutdown()

@@ -16,16 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import meta_of, require_web, run_cli
+from conftest import CHROMIUM, ORT_DIR, meta_of, run_cli
 from picogpt.export.build import set_metadata
 from picogpt.export.quantize import quantize
 from picogpt.runtime import Generator, bundled_model_path
-from picogpt.runtime.web import ORT_MODULE, ORT_WASM, ORT_WEB_VERSION, start_server
+from picogpt.runtime.web import ORT_MODULE, ORT_WASM, start_server
 from picogpt.sampling import SamplingConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("PICOGPT_CHROMIUM", "/usr/bin/chromium")
-ORT_DIR = Path(os.environ.get("PICOGPT_ORT_DIR", REPO / ".web-deps"))
 GREEDY_CHARS = 400  # 7 prompt characters + 400 cross 3 windows of 128
 
 
@@ -34,22 +32,6 @@ def serve_folder(folder: Path, servers: list) -> str:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     servers.append(server)
     return f"http://127.0.0.1:{server.server_address[1]}/"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).is_file():
-        require_web(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    if not (ORT_DIR / "node_modules" / "onnxruntime-web").is_dir():
-        require_web(f"no onnxruntime-web in {ORT_DIR} (npm install onnxruntime-web@{ORT_WEB_VERSION} --prefix ...)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require_web("no playwright (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
