@@ -20,8 +20,8 @@ from picogpt.errors import PicoError
 # Text is scored and benchmarked in streams of 10 windows (1,280 characters by default): long enough that
 # most positions sit in a window that got a carried context vector, as in a long generation.
 STREAM_WINDOWS = 10
-# Unless told otherwise, a new window re-reads a quarter of a window: 32 of 128 characters (README "How the
-# model works": the val loss and decode speed of K = 0, 16, 32, 48, 64 on the bundled model).
+# Unless told otherwise, a new window re-reads a quarter of a window, 32 of 128 characters: past that the val
+# loss stops falling while the prefill keeps costing more (docs/design.md, "The roll-over").
 OVERLAP_SHARE = 4
 
 
