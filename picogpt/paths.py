@@ -124,7 +124,7 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
+            self.release()  # (a bare close would leave __del__ closing a number the OS may have reused)
             raise PicoError(f"{flag} {folder} is in use by another run (pid {holder}): wait for it to finish, "
                             f"or choose another {flag}") from None
         os.ftruncate(self.fd, 0)
