@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_main
 from picogpt.data import text as D
 from picogpt.data import wikipedia as W
 from picogpt.errors import PicoError
@@ -130,3 +131,42 @@ def test_wikipedia_bad_inputs(tmp_path: Path) -> None:
     write_parquet(tmp_path / "w.parquet", [{"id": "1", "body": "no text column"}])
     with pytest.raises(PicoError, match="columns"):
         W.open_article_stream("x", None, str(tmp_path / "w.parquet"))
+
+
+def test_prepare_forks_its_workers_without_a_python_sigterm_handler(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Pool.terminate` stops the tokenizing workers with SIGTERM. A Python handler inherited by a child that
+    is still being forked loses it, and the pool then waits on that worker forever. SIGTERM unwinds only
+    while the memmaps are written."""
+    import signal
+
+    import datasets
+
+    from picogpt.data import prepare as P
+
+    seen = []
+    for name in ("map", "filter"):
+        real = getattr(datasets.Dataset, name)
+
+        def spy(self, *args, _real=real, **kwargs):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(datasets.Dataset, name, spy)
+    real_write = P.write_memmap
+
+    def write(*args, **kwargs):
+        with pytest.raises(SystemExit) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.value.code == 143
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(P, "write_memmap", write)
+    write_parquet(tmp_path / "a.parquet", wiki_rows(20))
+    before = signal.getsignal(signal.SIGTERM)
+    proc = run_main(P.main, "wikipedia", "--data-files", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "out"),
+                    "--val-percent", "20", "--num-proc", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "val.bin").stat().st_size > 0
+    assert len(seen) >= 3 and all(h == before for h in seen), seen
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,19 @@ def write_memmap(ds: Any, path: Path, shards: int, replace: bool = True) -> int:
     return total
 
 
+@contextmanager
+def sigterm_unwinds():
+    """SIGTERM unwinds like Ctrl-C while the memmaps are written, so no half-written one is left (exit 143).
+
+    Only here: `datasets` forks its workers elsewhere, and `Pool.terminate` stops them with SIGTERM, which
+    a Python handler can lose in a child that is still being forked; that worker then waits forever."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def prepare_wikipedia(out: Path, data_files: str | None, name: str, config: str | None, val_percent: float,
                       num_proc: int, shards: int) -> dict[str, int]:
     """Tokenize Wikipedia (hub or local files of its schema) into OUT/train.bin and OUT/val.bin."""
@@ -81,20 +95,21 @@ def prepare_wikipedia(out: Path, data_files: str | None, name: str, config: str 
         return {"ids": ids, "len": len(ids), "val": is_val_article(article["id"], val_percent)}
 
     ds = ds.map(tokenize, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenizing")
+    parts = {split: ds.filter(lambda v, want=is_val: v == want, input_columns="val", num_proc=num_proc,
+                              desc=f"selecting {split}") for split, is_val in (("train", False), ("val", True))}
     sizes = {}
-    try:
-        for split, is_val in (("train", False), ("val", True)):
-            part = ds.filter(lambda v, want=is_val: v == want, input_columns="val", num_proc=num_proc,
-                             desc=f"selecting {split}")
-            sizes[split] = write_memmap(part, out / f"{split}.bin", shards, replace=False)
-        if sizes["train"] == 0 or sizes["val"] == 0:  # checked before anything earlier is replaced
-            raise PicoError(f"{sizes['train']:,} train / {sizes['val']:,} val characters: change --val-percent or "
-                            "add articles")
-        for split in ("train", "val"):
-            os.replace(out / f"{split}.bin.tmp", out / f"{split}.bin")
-    finally:
-        for split in ("train", "val"):
-            (out / f"{split}.bin.tmp").unlink(missing_ok=True)
+    with sigterm_unwinds():
+        try:
+            for split, part in parts.items():
+                sizes[split] = write_memmap(part, out / f"{split}.bin", shards, replace=False)
+            if sizes["train"] == 0 or sizes["val"] == 0:  # checked before anything earlier is replaced
+                raise PicoError(f"{sizes['train']:,} train / {sizes['val']:,} val characters: change --val-percent "
+                                "or add articles")
+            for split in ("train", "val"):
+                os.replace(out / f"{split}.bin.tmp", out / f"{split}.bin")
+        finally:
+            for split in ("train", "val"):
+                (out / f"{split}.bin.tmp").unlink(missing_ok=True)
     return sizes
 
 
@@ -136,8 +151,6 @@ def wikipedia(out: Path, data_files: str | None, wiki_name: str, wiki_config: st
     lock = RunLock(out, "--out")  # only this process writes OUT: any temp file is a kill -9's leftover
     for stale in (out / "train.bin.tmp", out / "val.bin.tmp"):
         stale.unlink(missing_ok=True)
-    # SIGTERM unwinds like Ctrl-C, so the memmap being written is removed (exit 143)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sizes = prepare_wikipedia(out, data_files, wiki_name, wiki_config, val_percent, num_proc, shards)
     lock.release()
     click.echo(f"wrote {out / 'train.bin'} ({sizes['train']:,} characters) and {out / 'val.bin'} "
