@@ -38,8 +38,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check $(RUFF_FLAGS) picogpt export runtime bench tests
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of them wait on a subprocess or an import, so two
+# workers halve the wall time on a 2-core machine.
+TEST_WORKERS ?= 2
 test: install lint web-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 	$(MAKE) check-torch-free
 
 # The browser tests (tests/test_web_page.py) run picogpt-web's page in chromium with onnxruntime-web from npm:
