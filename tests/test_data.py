@@ -170,3 +170,17 @@ def test_prepare_forks_its_workers_without_a_python_sigterm_handler(tmp_path: Pa
     assert (tmp_path / "out" / "val.bin").stat().st_size > 0
     assert len(seen) >= 3 and all(h == before for h in seen), seen
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_wikipedia_from_an_unreachable_hub_is_one_line(tmp_path: Path) -> None:
+    """The hub client retries a refused connection with back-off and logs each retry: the user sees one line."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens
+    proc = subprocess.run([sys.executable, "-m", "picogpt.data.prepare", "wikipedia", "--out", str(tmp_path / "o"),
+                           "--num-proc", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(proc.stderr.splitlines()) == 1 and "wikimedia/wikipedia" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "o").glob("*.bin*"))

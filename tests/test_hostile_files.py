@@ -164,6 +164,32 @@ def test_a_folder_in_the_way_of_a_run_file_is_refused_before_training(name: str,
     assert "step 0" not in proc.stdout
 
 
+def immutable(path: Path, on: bool) -> bool:
+    """`chattr +i`: even root cannot write it (a read-only mode bit does not stop root)."""
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("target", ["ckpt.pt", "."])
+def test_resume_onto_a_checkpoint_that_cannot_be_written_fails_before_training(target: str, tiny_run: Path,
+                                                                              corpus_file: Path,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("ckpt.pt", "log.jsonl"):
+        (out / name).write_bytes((tiny_run / name).read_bytes())
+    before = snapshot(out)
+    if not immutable(out / target, True):
+        pytest.skip("chattr +i is not available here (no e2fsprogs, or no CAP_LINUX_IMMUTABLE)")
+    try:
+        proc = run_main(train_main, "--dataset", "text", "--data", str(corpus_file), "--out", str(out), *FAST,
+                        "--max-iters", "40", "--resume")
+    finally:
+        immutable(out / target, False)
+    assert_one_line_error(proc, "cannot be written" if target == "ckpt.pt" else "not writable")
+    after = {name: data for name, data in snapshot(out).items() if name != ".picogpt.lock"}  # the run's own lock
+    assert "step 3" not in proc.stdout and after == before
+
+
 @pytest.mark.parametrize("main, args", [(export_main, ["-o", "{tmp}/m.onnx", "--json", "{tmp}"]),
                                         (bench_main, ["--quick", "--json", "{tmp}"]),
                                         (bench_main, ["--quick", "--plot", "{tmp}"])])
@@ -210,6 +236,19 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_earlier_file(tiny_c
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=small_files(20_000))
     assert_one_line_error(proc, "-o")
     assert out.read_bytes() == exported.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_full_disk_under_the_datasets_cache_is_one_line_and_writes_no_bin(tmp_path: Path) -> None:
+    from test_data import wiki_rows, write_parquet
+
+    rows = [{**r, "text": r["text"] * 60} for r in wiki_rows(20)]  # the cache outgrows the limit below
+    write_parquet(tmp_path / "a.parquet", rows)
+    cmd = [sys.executable, "-m", "picogpt.data.prepare", "wikipedia", "--data-files", str(tmp_path / "a.parquet"),
+           "--out", str(tmp_path / "o"), "--num-proc", "1", "--val-percent", "20"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=small_files(100_000),
+                          env={**os.environ, "HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(proc, "datasets cache")
+    assert not list((tmp_path / "o").glob("*.bin*"))
 
 
 # ---- 5. content is checked, not trusted ----------------------------------------------------------------------

@@ -81,6 +81,17 @@ def check_article_files(files: list[str]) -> None:
                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); fix or remove it") from None
 
 
+def os_cause(exc: BaseException) -> OSError | None:
+    """The file error behind a wrapped one (`datasets` reports a full disk as "error generating the dataset")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def open_article_stream(name: str, config: str | None, data_files: str | None, streaming: bool = True,
                         num_proc: int | None = None):
     """The articles (`id, url, title, text`) as a streaming `datasets.IterableDataset`.
@@ -115,8 +126,11 @@ def open_article_stream(name: str, config: str | None, data_files: str | None, s
             ds = datasets.load_dataset(name, config, split="train", **how)
     except PicoError:
         raise
-    except Exception as exc:  # network, missing config, schema: one line for the user
-        raise PicoError(f"could not open dataset {data_files or name}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # network, missing config, schema, a full disk under the cache: one line for the user
+        cause = os_cause(exc)
+        why = f" ({cause.strerror} in {cause.filename or 'the datasets cache'})" if cause else ""
+        raise PicoError(f"could not open dataset {data_files or name}: {str(exc).splitlines()[0][:200]}{why}"
+                        ) from None
     missing = {"id", "text"} - set(ds.column_names or ["id", "text"])
     if missing:
         raise PicoError(f"dataset lacks Wikipedia's columns {sorted(missing)} (need id, url, title, text)")
