@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, run_cli
+from conftest import TINY, assert_one_line_error, run_cli, run_main
 from picogpt.windows import window_spans
 
 FAST = [*TINY, "--batch-size", "4", "--seq-windows", "3", "--eval-iters", "2", "--quiet", "--no-report"]
@@ -97,6 +97,16 @@ def test_wikipedia_training_from_local_parquet(tmp_path: Path) -> None:
                    "--threads", "1", *FAST)
     assert proc.returncode == 0, proc.stderr
     assert [r["step"] for r in log_records(out)] == [0, 2, 4]
+    # the sampled articles are scored as generation reads them: with the overlap, and the plain protocol beside
+    from picogpt.train.evaluate import main as eval_main
+
+    plain, overlapped = (run_main(eval_main, str(out / "ckpt.pt"), "--overlap", k) for k in ("0", "4"))
+    assert plain.returncode == 0 and overlapped.returncode == 0, plain.stderr + overlapped.stderr
+    assert "re-reads 4 characters" in overlapped.stdout and "plain protocol" not in plain.stdout
+    rows = [line.split() for line in overlapped.stdout.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert len(rows) == len(list(window_spans(3 * 16, 16, 4)))  # --seq-windows 3 of 16 characters, 4 re-read
+    plain_mean = next(line.split()[1] for line in plain.stdout.splitlines() if line.strip().startswith("mean"))
+    assert f"plain protocol (a new window re-reads nothing): {plain_mean};" in overlapped.stdout, overlapped.stdout
 
 
 def test_bad_inputs_fail_cleanly(corpus_file: Path, tmp_path: Path) -> None:

@@ -23,17 +23,19 @@ from picogpt.windows import STREAM_WINDOWS, resolve_overlap, stream_batches, win
 
 
 @torch.inference_mode()
-def window_losses(model: GPT, data, batch_size: int, batches: int, seed: int, carry: bool) -> np.ndarray:
-    """Mean val cross-entropy per window index (0-based) over fixed batches."""
+def window_losses(model: GPT, data, batch_size: int, batches: int, seed: int, carry: bool,
+                  overlap: int = 0) -> np.ndarray:
+    """Mean val cross-entropy per window index (0-based) over fixed batches; each window after the first
+    re-reads `overlap` characters, as generation does."""
     rng = np.random.default_rng(seed)
     sums = None
     for _ in range(batches):
         x, y = data.batch("val", batch_size, rng)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
+        spans = window_spans(x.size(1), model.config.context_len, overlap)
         per_window = []
-        for k, (logits, _) in enumerate(model.iter_windows(x, carry=carry)):
-            n = model.config.context_len
-            target = y[:, k * n : k * n + logits.size(1)]
+        for (start, _), (logits, _) in zip(spans, model.iter_windows(x, carry=carry, overlap=overlap)):
+            target = y[:, start : start + logits.size(1)]
             per_window.append(F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1)).item())
         sums = np.array(per_window) if sums is None else sums + per_window
     return sums / batches
@@ -158,11 +160,22 @@ def report_from_checkpoint(ckpt_path: Path, path: str | None = None, files: str 
     if isinstance(getattr(data, "val", None), np.ndarray):
         return stream_report(model, data.val, windows * model.config.context_len, overlap)
     batch_size = tc.get("batch_size", 12)
-    carried = window_losses(model, data, batch_size, batches, seed, carry=True)
-    zeroed = window_losses(model, data, batch_size, batches, seed, carry=False)
-    print(f"val loss per window ({batches} x {batch_size} sequences of {windows} windows):")
+    carried, zeroed = (window_losses(model, data, batch_size, batches, seed, c, overlap) for c in (True, False))
+    reread = f"each window after the first re-reads {overlap} characters" if overlap else "no overlap"
+    print(f"val loss per window ({batches} x {batch_size} sequences of {windows * model.config.context_len:,} "
+          f"characters; {reread}):")
     print_windows(carried, zeroed, None)
-    print(f"  mean  {carried.mean():7.4f}  {zeroed.mean():6.4f}  {zeroed.mean() - carried.mean():+.4f}")
+    seq, n = windows * model.config.context_len, model.config.context_len
+
+    def mean(losses: np.ndarray, k: int) -> float:  # per target: windows after a re-read score fewer targets
+        return float(np.average(losses, weights=[min(n - r, seq - s) for s, r in window_spans(seq, n, k)]))
+
+    print(f"  mean  {mean(carried, overlap):7.4f}  {mean(zeroed, overlap):6.4f}  "
+          f"{mean(zeroed, overlap) - mean(carried, overlap):+.4f}")
+    if overlap:
+        plain = mean(window_losses(model, data, batch_size, batches, seed, True), 0)
+        print(f"plain protocol (a new window re-reads nothing): {plain:.4f}; the overlap gains "
+              f"{plain - mean(carried, overlap):+.4f}")
     return carried, zeroed
 
 
