@@ -30,7 +30,7 @@ from picogpt.bench.quality import quality
 from picogpt.bench.results import envelope, load_results, write_result
 from picogpt.bench.roofline import measure_machine
 from picogpt.bench.system_info import busy_report, machine_report
-from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.paths import MARKDOWN_MARKER, check_output, write_atomic
 from picogpt.system import check_threads
 from picogpt.windows import check_overlap
@@ -53,7 +53,7 @@ def parse_list(text: str, name: str) -> list[int]:
     return values
 
 
-class LatencyByDefault(click.Group):
+class LatencyByDefault(one_line_usage(click.Group)):
     """`picogpt-bench CHECKPOINT ...` stays the latency benchmark; `picogpt-bench quality ...` is the other one."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:

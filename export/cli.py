@@ -23,7 +23,7 @@ from picogpt.contract import (
 )
 from picogpt.data import DataConfig
 from picogpt.data.text import find_tinyshakespeare, load_token_data
-from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.export.build import build_files, set_metadata
 from picogpt.export.quantize import CALIBRATED, METHODS
 from picogpt.export.verify import (
@@ -145,7 +145,7 @@ def verify_candidates(loaded: Loaded, candidates: dict[str, Path], splits: tuple
     return results
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=one_line_usage(click.Command), context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=path_type())
 @click.option("-o", "--output", type=path_type(), default=Path("model.onnx"), show_default=True)
 @click.option("--quantize", "method", type=click.Choice(["none", *METHODS, "auto"]), default="int8",

@@ -58,6 +58,35 @@ def cli_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def one_line_usage(base: type) -> type:
+    """A click Command or Group class whose usage errors (a flag's bad value, an unknown option, a missing
+    argument) print as one `error:` line naming it, exit 2, instead of click's usage block."""
+
+    class OneLineUsage(base):
+        def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+                 standalone_mode: bool = True, **extra: Any) -> Any:
+            import click
+
+            if not standalone_mode:
+                return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+            try:
+                code = super().main(args, prog_name, complete_var, False, **extra)
+            except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare group: its help
+                exc.show()
+                sys.exit(exc.exit_code)
+            except click.UsageError as exc:
+                where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+                fail(exc.format_message() + where, exc.exit_code)
+            except click.ClickException as exc:
+                fail(exc.format_message(), exc.exit_code)
+            except click.exceptions.Abort:  # Ctrl-C before the command started
+                fail("interrupted", 130, prefix="")
+            sys.exit(code if isinstance(code, int) else 0)  # an int here is click's exit code (--help: 0)
+
+    OneLineUsage.__name__ = base.__name__
+    return OneLineUsage
+
+
 class StdoutError(PicoError):
     """Standard output cannot be written (`> /dev/full`, a closed pipe)."""
 

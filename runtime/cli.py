@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.runtime.generator import Generator, Stream
 from picogpt.sampling import SamplingConfig
 from picogpt.system import check_threads
@@ -34,7 +34,7 @@ def write_stream(pieces: Iterator[str]) -> None:
         sys.stdout.flush()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=one_line_usage(click.Command), context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", type=path_type(), default=None,
               help="A PicoGPT .onnx file (default: the bundled tinyshakespeare model).")
 @click.option("--prompt", type=str, default=None, help="Prompt text (default: read stdin). Empty = start of a line.")

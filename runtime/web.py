@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 
 from picogpt.contract import FINGERPRINT_CHARS, FINGERPRINT_PROMPT, META_PREFIX
-from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.generation import greedy_text
 from picogpt.paths import remove_stale_work_dirs
 from picogpt.runtime.decoder import OnnxDecoder
@@ -264,7 +264,7 @@ def serve(folder: Path, port: int) -> None:
         server.server_close()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=one_line_usage(click.Command), context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=path_type(), required=False)
 @click.option("-o", "--output", "out", type=path_type(), default=Path("picogpt-web"),
               show_default=True, help="The folder to write (replaced if picogpt-web wrote it before).")

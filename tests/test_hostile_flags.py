@@ -15,6 +15,7 @@ from picogpt.data.prepare import main as prepare_main
 from picogpt.errors import PicoError
 from picogpt.export.cli import main as export_main
 from picogpt.runtime.cli import main as runtime_main
+from picogpt.runtime.web import main as web_main
 from picogpt.train.cli import main as train_main
 from picogpt.train.evaluate import main as eval_main
 
@@ -30,6 +31,24 @@ TRAIN_INTS = ["--max-iters", "--batch-size", "--seq-windows", "--cooldown-window
 def train(corpus: Path, out: Path, *extra: str):
     return run_main(train_main, "--dataset", "text", "--data", str(corpus), "--out", str(out), "--max-iters", "2",
                     *FAST, *extra)
+
+
+@pytest.mark.parametrize("main, args, named", [
+    (web_main, ["--port", "99999"], "--port"),
+    (runtime_main, ["--top-k", "x"], "--top-k"),
+    (train_main, ["--batch-size", "abc"], "--batch-size"),
+    (train_main, ["--no-such-flag"], "--no-such-flag"),
+    (eval_main, [], "CHECKPOINT"),
+    (export_main, [], "CHECKPOINT"),
+    (prepare_main, ["wikipedia", "--num-proc", "0"], "--num-proc"),
+    (bench_main, ["--rounds", "0"], "--rounds"),
+    (bench_main, ["quality", "--recipes"], "--recipes"),
+])
+def test_a_flag_click_refuses_is_one_error_line_too(main, args: list[str], named: str) -> None:
+    """What click checks itself (types, ranges, unknown or missing arguments): one line, not a usage block."""
+    proc = run_main(main, *args)
+    assert proc.returncode == 2 and "Usage:" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert_one_line_error(proc, named)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

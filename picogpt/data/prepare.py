@@ -29,7 +29,7 @@ from picogpt.data.wikipedia import (
     is_val_article,
     open_article_stream,
 )
-from picogpt.errors import PicoError, cli_errors, make_output_dir, path_type
+from picogpt.errors import PicoError, cli_errors, make_output_dir, one_line_usage, path_type
 from picogpt.paths import RunLock
 from picogpt.tokenizer import CharTokenizer
 
@@ -113,7 +113,7 @@ def prepare_wikipedia(out: Path, data_files: str | None, name: str, config: str 
     return sizes
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=one_line_usage(click.Group), context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Tokenize a corpus once into memory-mapped train.bin / val.bin files."""
 

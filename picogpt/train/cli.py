@@ -11,13 +11,13 @@ import click
 from picogpt.config import GPTConfig
 from picogpt.data import DATASETS, DataConfig
 from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, check_val_percent
-from picogpt.errors import PicoError, cli_errors, path_type
+from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.train.loop import RunOptions, train
 from picogpt.train.presets import DEFAULT_PRESET, PRESETS, preset_of, resolve_preset
 from picogpt.train.recipe import RESUME_HELP, TrainConfig, check_shape
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=one_line_usage(click.Command), context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", type=click.Choice(DATASETS), default="tinyshakespeare",
               show_default=True)
 @click.option("--data", "path", type=str, default=None,

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from picogpt.checkpoint import read_checkpoint
 from picogpt.data import DataConfig, open_data
-from picogpt.errors import PicoError, cli_errors
+from picogpt.errors import PicoError, cli_errors, one_line_usage
 from picogpt.model import GPT
 from picogpt.system import check_threads
 from picogpt.windows import STREAM_WINDOWS, resolve_overlap, stream_batches, window_spans
@@ -207,7 +207,7 @@ def stream_report(model: GPT, val: np.ndarray, seq: int, overlap: int) -> tuple[
     return carried, zeroed
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=one_line_usage(click.Command), context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "path", default=None,
               help="The text file the checkpoint was trained on, if it moved (default: the one it names).")
