@@ -52,8 +52,28 @@ def cpu_flags() -> set[str]:
 
 
 def has_vnni() -> bool:
-    """AVX-512 VNNI or AVX-VNNI: without either, signed int8 weights saturate in ORT's kernels."""
+    """AVX-512 VNNI or AVX-VNNI: without either, signed int8 weights saturate in ORT's kernels.
+
+    numpy's own CPUID check comes first: it is what this process can run, where /proc/cpuinfo may describe
+    another CPU (an emulator such as `qemu-x86_64 -cpu Westmere` shows the host's flags there)."""
+    seen = numpy_cpu_features()
+    if seen.get("AVX512VNNI"):
+        return True
+    if seen and not seen.get("AVX2"):
+        return False  # no AVX2 means no AVX-VNNI either, whatever /proc/cpuinfo says
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def numpy_cpu_features() -> dict[str, bool]:
+    """The CPU features numpy detected at import ({} where this numpy does not say)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
 
 
 def max_threads() -> int:
