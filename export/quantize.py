@@ -58,6 +58,9 @@ def quantize(src: Path, dst: Path, method: str, calibrated: list[tuple[np.ndarra
             MatMulNBitsQuantizer,
         )
 
+        # that module calls logging.basicConfig(level=INFO) on import, then logs every node: errors only
+        for name in ("", "onnxruntime.quantization.matmul_nbits_quantizer"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         bits = 4 if method == "int4" else 8
         # accuracy_level 4: activations quantized to int8 inside the kernel, the fastest CPU path.
         # Asymmetric blocks of 32: the most accurate of the round-to-nearest and HQQ variants compared
