@@ -1,12 +1,12 @@
 """The fused decode graph: the same weights, wired straight onto onnxruntime's contrib kernels.
 
 The dynamo export (`graph.py`) is portable: standard ONNX ops only, ~330 nodes, and it copies
-the KV cache in and out every step. This builder writes the same function in ~80 nodes:
-per layer SkipLayerNormalization, the packed QKV linear, GroupQueryAttention (which appends the
-new rows to a fixed-capacity cache *in place* when past and present share one buffer), the
-output linear, SkipLayerNormalization, the FC linear, BiasGelu and the projection linear. The
-projection biases ride in the next SkipLayerNormalization. Positions, `seqlens_k` and the total
-length are inputs, so the graph has no Shape/Gather chains. See docs/onnx.md ("fused layout").
+the KV cache in and out every step. This builder writes the same function in ~120 nodes:
+per layer the packed QKV linear, GroupQueryAttention (which appends the new rows to a
+fixed-capacity cache *in place* when past and present share one buffer), the output linear,
+the residual Add and LayerNormalization, the FC linear, BiasGelu, the projection linear, the
+residual Add and the next LayerNormalization. Positions, `seqlens_k` and the total length are
+inputs, so the graph has no Shape/Gather chains. See docs/onnx.md ("fused layout").
 
 The linears are plain MatMul nodes here; onnxruntime's quantizers then turn them into
 DynamicQuantizeMatMul (int8) or MatMulNBits (int4/int8 blocks) exactly as for the portable graph.
@@ -60,14 +60,16 @@ class FusedBuilder:
             y = self.node("Add", [y, b], [out], f"{prefix}/Add")[0]
         return y
 
-    def skip_ln(self, x: str, skip: str, ln: str, extra_bias: str | None, tag: str) -> tuple[str, str]:
-        """LayerNorm(x + skip + bias) with the sum as a second output (the new residual stream)."""
-        E = self.c.n_embd
+    def skip_ln(self, x: str, skip: str, ln: str, tag: str) -> tuple[str, str]:
+        """LayerNorm(x + skip) and the sum (the new residual stream).
+
+        Add + LayerNormalization rather than onnxruntime's SkipLayerNormalization, whose CPU kernel is several
+        times slower on more than one row (prefill, a roll-over, a batch) and no faster on one."""
         gamma = self.const(f"{ln}.weight", self.sd[f"{ln}.weight"])
-        beta = self.const(f"{ln}.bias", self.bias(f"{ln}.bias", E))
-        ins = [x, skip, gamma, beta] + ([self.const(extra_bias, self.bias(extra_bias, E))] if extra_bias else [])
-        out, _, _, total = self.node("SkipLayerNormalization", ins, [f"{tag}_ln", "", "", f"{tag}_sum"],
-                                     f"{tag}/SkipLN", MS_DOMAIN, epsilon=LN_EPS)
+        beta = self.const(f"{ln}.bias", self.bias(f"{ln}.bias", self.c.n_embd))
+        total = self.node("Add", [x, skip], [f"{tag}_sum"], f"{tag}/AddSkip")[0]
+        out = self.node("LayerNormalization", [total, gamma, beta], [f"{tag}_ln"], f"{tag}/LayerNorm", axis=-1,
+                        epsilon=LN_EPS)[0]
         return out, total
 
     def embed(self) -> tuple[str, str]:
@@ -86,7 +88,7 @@ class FusedBuilder:
         x = self.node("Where", [is_slot, ctx, tok], ["x_emb"], "embed/Where")[0]
         pos = self.node("Gather", [self.const("wpe", self.sd["transformer.wpe.weight"]), "position_ids"],
                         ["pos_emb"], "embed/GatherPos")[0]
-        return self.skip_ln(x, pos, "transformer.h.0.ln_1", None, "h0_in")
+        return self.skip_ln(x, pos, "transformer.h.0.ln_1", "h0_in")
 
     def layer(self, i: int, ln: str, resid: str) -> tuple[str, str]:
         """Block i from its normed input; returns the next block's (or ln_f's) normed input and the stream."""
@@ -96,14 +98,14 @@ class FusedBuilder:
         attn = self.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, "seqlens_k", "total_sequence_length"],
                          [f"h{i}_attn", present_k, present_v], f"h{i}/GroupQueryAttention", MS_DOMAIN,
                          num_heads=self.c.n_head, kv_num_heads=self.c.n_head)[0]
-        proj = self.linear(attn, f"{p}.attn.c_proj", f"h{i}_attn_proj", with_bias=False)
-        ln, resid = self.skip_ln(proj, resid, f"{p}.ln_2", f"{p}.attn.c_proj.bias", f"h{i}_mid")
+        proj = self.linear(attn, f"{p}.attn.c_proj", f"h{i}_attn_proj", with_bias=True)
+        ln, resid = self.skip_ln(proj, resid, f"{p}.ln_2", f"h{i}_mid")
         fc = self.linear(ln, f"{p}.mlp.c_fc", f"h{i}_fc", with_bias=False)
         gelu = self.node("BiasGelu", [fc, self.const(f"{p}.mlp.c_fc.bias", self.bias(f"{p}.mlp.c_fc.bias", 4 * E))],
                          [f"h{i}_gelu"], f"h{i}/BiasGelu", MS_DOMAIN)[0]
-        mlp = self.linear(gelu, f"{p}.mlp.c_proj", f"h{i}_mlp", with_bias=False)
+        mlp = self.linear(gelu, f"{p}.mlp.c_proj", f"h{i}_mlp", with_bias=True)
         next_ln = f"transformer.h.{i + 1}.ln_1" if i + 1 < self.c.n_layer else "transformer.ln_f"
-        return self.skip_ln(mlp, resid, next_ln, f"{p}.mlp.c_proj.bias", f"h{i}_out")
+        return self.skip_ln(mlp, resid, next_ln, f"h{i}_out")
 
     def head(self, ln: str) -> None:
         """ln is ln_f of every new row: its sum feeds the next context vector, the last row the logits."""

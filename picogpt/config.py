@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from picogpt.errors import PicoError, check_type
 
-# Every LayerNorm's epsilon: the torch model's and the fused graph's SkipLayerNormalization must agree.
+# Every LayerNorm's epsilon: the torch model's and the fused graph's LayerNormalization must agree.
 LN_EPS = 1e-5
 
 

@@ -1,6 +1,6 @@
 """How many onnxruntime threads a decode step should use, measured at load.
 
-One batch-1 decode step of the 6.34M model is ~80 small kernels of a few microseconds each: a second
+One batch-1 decode step of the 6.34M model is ~90 small kernels of a few microseconds each: a second
 intra-op thread must be woken and joined per kernel, which can cost more than the half of a 256-wide
 product it takes over, and on a shared box the second core may be busy. So a decoder allowed T > 1
 threads times a few steps at 1 and at T threads (interleaved, best of rounds) and keeps the faster:

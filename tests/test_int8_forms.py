@@ -117,3 +117,54 @@ def test_page_file_computes_in_fp32_and_verifies_natively(exported: Path, tmp_pa
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()  # the same weights; only activations differ
     if method == "int8":  # the same codes in fp32: exactly the int8-weights file's logits
         np.testing.assert_array_equal(got, logits_of(quantized(exported, tmp_path, "int8-weights"), ids))
+
+
+def with_skip_layernorm(src: Path, dst: Path) -> None:
+    """`src` as files were written before the exporter left onnxruntime's SkipLayerNormalization: each residual
+    Add + LayerNormalization as one such node, the projection bias as its fifth input."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(src))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    drop, nodes = set(), []
+    for n in m.graph.node:
+        if n.op_type != "LayerNormalization":
+            continue
+        add = producers[n.input[0]]
+        x, skip = add.input
+        ins, bias_add = [x, skip, n.input[1], n.input[2]], producers.get(x)
+        if bias_add is not None and bias_add.op_type == "Add" and bias_add.name.endswith("c_proj/Add"):
+            ins = [bias_add.input[0], skip, n.input[1], n.input[2], bias_add.input[1]]
+            drop.add(bias_add.name)
+        drop |= {add.name, n.name}
+        tag = n.name.split("/")[0]
+        nodes.append(helper.make_node("SkipLayerNormalization", ins, [n.output[0], "", "", add.output[0]],
+                                      name=f"{tag}/SkipLN", domain="com.microsoft", epsilon=1e-5))
+    kept = [n for n in m.graph.node if n.name not in drop]
+    order = {o: i for i, n in enumerate(m.graph.node) for o in n.output}  # keep the graph topologically sorted
+    merged = sorted(kept + nodes, key=lambda n: max(order.get(o, -1) for o in n.output if o))
+    del m.graph.node[:]
+    m.graph.node.extend(merged)
+    onnx.save(m, str(dst))
+
+
+def test_a_file_with_skip_layernorm_converts_to_todays_graph(exported: Path, tmp_path: Path) -> None:
+    """Files written with SkipLayerNormalization still load, and convert rewrites them to Add + LayerNormalization
+    (faster on several rows) with the same function."""
+    import onnx
+
+    from picogpt.export.convert import convert_file
+
+    old, new = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    with_skip_layernorm(quantized(exported, tmp_path, "int8-weights"), old)
+    assert [n.op_type for n in onnx.load(str(old)).graph.node].count("SkipLayerNormalization") == 5
+    stored, fresh = convert_file(old, new, "int8")
+    assert stored == fresh  # the greedy fingerprint holds on the rewritten file
+    ops = [n.op_type for n in onnx.load(str(new)).graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 5
+    ids = np.random.default_rng(1).integers(1, 60, size=(2, 40))  # across windows of 16
+    np.testing.assert_allclose(logits_of(new, ids), logits_of(quantized(exported, tmp_path, "int8"), ids),
+                               atol=1e-4)
+    np.testing.assert_allclose(logits_of(old, ids), logits_of(quantized(exported, tmp_path, "int8-weights"), ids),
+                               atol=1e-4)
