@@ -74,8 +74,9 @@ pretrained: install
 		--max-iters $(PRETRAINED_ITERS) --max-minutes $(PRETRAINED_MINUTES) --eval-interval 100 --quiet
 	$(BIN)/picogpt-export $(PRETRAINED_DIR)/ckpt.pt -o runtime/models/tinyshakespeare-int8.onnx --quantize int8
 
-# An int8-weights bundled file rewritten in place to int8 (export/convert.py, no checkpoint needed): the same
-# codes and scales, integer arithmetic; its greedy fingerprint is re-run on the new file and must still match.
+# The bundled file rewritten in place to int8 and today's graph (export/convert.py, no checkpoint needed): the
+# same codes and scales, integer arithmetic, residual Add + LayerNormalization; its greedy fingerprint is re-run
+# on the new file and must still match.
 bundled-int8: install
 	$(BIN)/python -m picogpt.export.convert runtime/models/tinyshakespeare-int8.onnx --to int8 \
 		-o runtime/models/tinyshakespeare-int8.onnx
