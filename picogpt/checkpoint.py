@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from picogpt.config import GPTConfig
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, os_cause
 from picogpt.model import GPT
 from picogpt.tokenizer import CharTokenizer
 
@@ -40,8 +40,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, (OSError, RuntimeError)):  # a full disk (torch's writer raises RuntimeError), a folder gone
-            cause = exc if isinstance(exc, OSError) else exc.__context__
-            why = getattr(cause, "strerror", None) or "write error"
+            cause = os_cause(exc)
+            why = cause.strerror if cause else "write error"
             kept = "the earlier checkpoint there is kept" if path.is_file() else "no checkpoint was written"
             raise PicoError(f"writing {path} failed ({why}); {kept}: free space, then continue with --resume") from None
         raise

@@ -87,6 +87,18 @@ def one_line_usage(base: type) -> type:
     return OneLineUsage
 
 
+def os_cause(exc: BaseException | None) -> OSError | None:
+    """The file error behind an exception (itself, or what it wraps): a library's "error generating the
+    dataset" or torch's RuntimeError from a full disk, so the one-line message can say why."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class StdoutError(PicoError):
     """Standard output cannot be written (`> /dev/full`, a closed pipe)."""
 

@@ -81,11 +81,16 @@ def plain_onnx(path: Path) -> Path:
     return path
 
 
-def require_web(why: str) -> None:
-    """Skip a test that needs chromium / playwright / onnxruntime-web, or fail it under CI_REQUIRE_BROWSER=1."""
-    if os.environ.get("CI_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser test cannot run: {why}")
+def require(why: str, ci_flag: str) -> None:
+    """Skip a test whose tool is missing here, or fail it where CI set `ci_flag`=1 (it installs the tool)."""
+    if os.environ.get(ci_flag) == "1":
+        pytest.fail(f"cannot run: {why}")
     pytest.skip(why)
+
+
+def require_web(why: str) -> None:
+    """chromium / playwright / onnxruntime-web: `.ci/run` sets CI_REQUIRE_BROWSER=1."""
+    require(why, "CI_REQUIRE_BROWSER")
 
 
 def random_gpt(config, scale: float, seed: int = 0):

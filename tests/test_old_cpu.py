@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from conftest import require
 
 QEMU = shutil.which("qemu-x86_64")
 OLD_CPU = "Westmere"  # SSE4.2 and POPCNT, no AVX: what numpy >= 2.4 needs and no more
@@ -17,9 +17,7 @@ OLD_CPU = "Westmere"  # SSE4.2 and POPCNT, no AVX: what numpy >= 2.4 needs and n
 
 def on_old_cpu(*args: str) -> subprocess.CompletedProcess:
     if QEMU is None:
-        if os.environ.get("CI_REQUIRE_QEMU") == "1":
-            pytest.fail("qemu-x86_64 is not installed (Debian: qemu-user)")
-        pytest.skip("qemu-x86_64 is not installed (Debian: qemu-user)")
+        require("qemu-x86_64 is not installed (Debian: qemu-user)", "CI_REQUIRE_QEMU")
     # OpenBLAS told to assume a newer core would run instructions a Westmere does not have
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return subprocess.run([QEMU, "-cpu", OLD_CPU, sys.executable, *args], capture_output=True, text=True,

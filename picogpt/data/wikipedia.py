@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from picogpt.errors import PicoError
+from picogpt.errors import PicoError, os_cause
 from picogpt.tokenizer import CharTokenizer
 
 # ---- Wikipedia, streamed ---------------------------------------------------------------------
@@ -79,17 +79,6 @@ def check_article_files(files: list[str]) -> None:
         except Exception as exc:  # pyarrow, json and unicode errors: all mean the same to the user
             raise PicoError(f"--data-files: {name} is damaged ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); fix or remove it") from None
-
-
-def os_cause(exc: BaseException) -> OSError | None:
-    """The file error behind a wrapped one (`datasets` reports a full disk as "error generating the dataset")."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.strerror:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def open_article_stream(name: str, config: str | None, data_files: str | None, streaming: bool = True,
