@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, run_cli
+from conftest import TINY, assert_one_line_error, meta_of, run_cli
 
 FAST = [*TINY, "--batch-size", "4", "--seq-windows", "2", "--eval-iters", "2", "--quiet", "--no-report"]
 
@@ -284,3 +284,30 @@ def test_a_config_the_fused_graph_cannot_run_is_refused_with_the_way_out(tmp_pat
     assert proc.returncode == 0, proc.stderr
     run = run_cli("picogpt.runtime", "-m", str(tmp_path / "m.onnx"), "--verify")
     assert run.returncode == 0 and "fingerprint OK" in run.stdout, run.stderr
+
+
+def test_verify_counts_ids_when_the_fingerprint_holds_special_tokens(tmp_path: Path) -> None:
+    """A model (here, one built to) whose greedy text is special tokens: `<A>` decodes to three characters, so
+    the fingerprint's text is longer than its 64 ids; --verify must still run exactly the exporter's 64."""
+    from picogpt.checkpoint import save_checkpoint
+    from picogpt.config import GPTConfig
+    from picogpt.model import GPT
+    from picogpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer()
+    config = GPTConfig(context_len=16, n_layer=1, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = GPT(config)
+    a = tok.encode("<A>")[0]
+    with torch.no_grad():  # ln_f outputs only its bias, e0; the tied head then scores each id by its wte[:, 0]
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.transformer.wte.weight[a, 0] = 10.0
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, {"config": config.to_dict(), "tokenizer": tok.to_json(), "model": model.state_dict()})
+    proc = run_cli("picogpt.export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    run = run_cli("picogpt.runtime", "-m", str(tmp_path / "m.onnx"), "--verify")
+    assert run.returncode == 0 and "fingerprint OK" in run.stdout, run.stderr
+    assert json.loads(meta_of(tmp_path / "m.onnx")["picogpt.fingerprint"])["greedy"].count("<A>") == 64
