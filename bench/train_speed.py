@@ -2,7 +2,8 @@
 
 The nanoGPT baseline is the same Block code run the way nanoGPT's train.py runs it on a CPU:
 one 128-character window per row, `nn.Linear` (addmm), AdamW without the fused kernel, and
-glibc's default allocator settings. Each engine runs in its own process, interleaved A B A B,
+glibc's default allocator settings. The picogpt engines pick their matmul library as picogpt-train does;
+`picogpt-muon:blas` or `:onednn` forces one (`--matmul`). Each engine runs in its own process, interleaved A B A B,
 and the medians of the rounds are compared.
 """
 
@@ -28,6 +29,7 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
     from picogpt.train.optim import make_optimizer
     from picogpt.train.presets import PRESETS
 
+    engine, _, matmul = engine.partition(":")  # picogpt-muon:blas times it on BLAS, as --matmul blas trains
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = PRESETS[preset].config()
@@ -51,9 +53,14 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
 
         keep_heap_memory()
         torch.set_num_threads(1)  # threads become data-parallel workers, as picogpt-train does
+        from picogpt.train.matmul import choose, use_kernel
+
+        chosen = choose(matmul or "auto", cfg, batch_size // threads * seq_windows * cfg.context_len)
+        use_kernel(model, chosen.linear)
         runner = StepRunner(model, threads)
         name = "muon" if engine == "picogpt-muon" else "adamw"
-        optimizer = make_optimizer(model, name, 1e-3, 0.1, (0.9, 0.99), executor=runner.pool, workers=threads)
+        optimizer = make_optimizer(model, name, 1e-3, 0.1, (0.9, 0.99), executor=runner.pool, workers=threads,
+                                   products=chosen.products)
         n = seq_windows * cfg.context_len
         idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
         tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))

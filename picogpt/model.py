@@ -18,6 +18,7 @@ Three entry points that agree (tests check it):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -57,9 +58,13 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> t
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and names) computed as a matmul plus an in-place bias add: on CPU, `addmm`
-    (what F.linear uses with a bias) can be much slower than `mm` followed by a broadcast add."""
+    (what F.linear uses with a bias) can be much slower than `mm` followed by a broadcast add. Training may
+    set `kernel`, a faster x W^T + b for its CPU (picogpt.train.matmul)."""
 
+    kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self.kernel(x, self.weight, self.bias)
         y = torch.matmul(x, self.weight.t())
         return y.add_(self.bias) if self.bias is not None else y
 
@@ -147,7 +152,7 @@ class GPT(nn.Module):
                 ln_f=LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in nanoGPT
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the residual stream's variance flat.

@@ -177,3 +177,17 @@ def test_a_checkpoint_from_before_data_settings_were_stored_resumes(tiny_run: Pa
                    "--max-iters", "32", "--quiet", "--no-report")
     assert proc.returncode == 0 and "ignored" not in proc.stderr, proc.stderr
     assert torch.load(out / "ckpt.pt", weights_only=True)["data_config"]["path"] == str(corpus_file)
+
+
+def test_matmul_libraries_train_the_same_run(corpus_file: Path, tmp_path: Path) -> None:
+    """--matmul blas and --matmul onednn announce themselves and learn the same losses, to float noise."""
+    losses = {}
+    for kernel, says in [("blas", "matmul: BLAS (--matmul blas)"), ("onednn", "matmul: oneDNN (--matmul onednn;")]:
+        out = tmp_path / kernel
+        proc = run_cli("picogpt.train", "--dataset", "text", "--data", str(corpus_file), "--out", str(out),
+                       "--max-iters", "20", "--eval-interval", "10", "--threads", "2", "--matmul", kernel, *FAST)
+        assert proc.returncode == 0, proc.stderr
+        assert says in proc.stdout
+        losses[kernel] = [r["val_loss"] for r in log_records(out)]
+    assert losses["blas"][-1] < losses["blas"][0] - 0.5
+    assert losses["onednn"] == pytest.approx(losses["blas"], abs=2e-3)

@@ -13,6 +13,7 @@ from picogpt.data import DATASETS, DataConfig
 from picogpt.data.wikipedia import WIKI_DEFAULT_CONFIG, WIKI_DEFAULT_NAME, check_val_percent
 from picogpt.errors import PicoError, cli_errors, one_line_usage, path_type
 from picogpt.train.loop import RunOptions, train
+from picogpt.train.matmul import KERNELS
 from picogpt.train.presets import DEFAULT_PRESET, PRESETS, preset_of, resolve_preset
 from picogpt.train.recipe import RESUME_HELP, TrainConfig, check_shape
 
@@ -55,6 +56,8 @@ from picogpt.train.recipe import RESUME_HELP, TrainConfig, check_shape
 @click.option("--eval-iters", type=int, default=TrainConfig.eval_iters, show_default=True)
 @click.option("--threads", type=int, default=None,
               help="torch.set_num_threads; default: the physical cores (more threads than cores only adds contention).")
+@click.option("--matmul", type=click.Choice(KERNELS), default="auto", show_default=True,
+              help="fp32 library for the linears: auto times BLAS (MKL) and oneDNN at start and keeps the faster.")
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
 @click.option("--resume", is_flag=True, help=RESUME_HELP)
 @click.option("--overwrite", is_flag=True, help="Start a new run in an OUT that already holds one (replacing it).")
@@ -72,7 +75,7 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
          val_percent: float, out: Path, model: str | None, optimizer: str, max_iters: int | None,
          max_minutes: float | None, batch_size: int | None, seq_windows: int | None, cooldown_windows: int,
          lr: float | None, schedule: str, cooldown_frac: float, warmup_iters: int, eval_interval: int,
-         eval_iters: int, threads: int | None, seed: int,
+         eval_iters: int, threads: int | None, matmul: str, seed: int,
          resume: bool, overwrite: bool, context_len: int | None, n_layer: int | None, n_head: int | None,
          n_embd: int | None, dropout: float, report: bool, quiet: bool) -> None:
     """Train PicoGPT on tinyshakespeare, a local text file, or streamed Wikipedia (fp32, CPU)."""
@@ -103,7 +106,7 @@ def main(dataset: str, path: str | None, files: str | None, wiki_name: str, wiki
     path = str(Path(path).resolve()) if path else path
     data = DataConfig(dataset, path, files, wiki_name, wiki_config, val_percent)
     explicit = given & (set(TrainConfig.__dataclass_fields__) | set(DataConfig.FLAGS))
-    opts = RunOptions(out, threads, max_minutes, resume, overwrite, progress=not quiet,
+    opts = RunOptions(out, threads, max_minutes, resume, overwrite, progress=not quiet, matmul=matmul,
                       max_iters_set=max_iters is not None, explicit=frozenset(explicit))
     record = train(tc, config, data, opts)
     if record.get("signal"):

@@ -31,17 +31,10 @@ from picogpt.tokenizer import CharTokenizer
 from picogpt.train import recipe
 from picogpt.train.distributed import Dist, init_distributed, peer_lost
 from picogpt.train.malloc import keep_heap_memory
+from picogpt.train.matmul import choose, use_kernel
 from picogpt.train.optim import make_optimizer
 from picogpt.train.outdir import append_log, prepare_out_dir, repair_log
-from picogpt.train.recipe import (
-    HorizonFitter,
-    TrainConfig,
-    check_recipe,
-    cooldown_cost,
-    lr_at,
-    resumed_config,
-    step_shape,
-)
+from picogpt.train.recipe import HorizonFitter, TrainConfig, check_recipe, cooldown_cost, lr_at, resumed_config
 from picogpt.train.runner import StepRunner, Stopper, activation_bytes_per_token, check_finite, evaluate
 
 
@@ -59,6 +52,7 @@ class RunOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    matmul: str = "auto"
     max_iters_set: bool = True
     explicit: frozenset[str] = frozenset()
 
@@ -146,11 +140,15 @@ class TrainingRun:
         tc = self.tc
         torch.manual_seed(tc.seed)
         model = GPT(self.config)
+        rows = max(1, self.tc.batch_size // workers) * self.seq_len  # one worker's share of a step
+        matmul = choose(self.opts.matmul, self.config, rows)
+        use_kernel(model, matmul.linear)
+        self.matmul = matmul.why
         # DDP broadcasts rank 0's parameters at construction and averages gradients in backward().
         net = torch.nn.parallel.DistributedDataParallel(model) if self.dist.enabled else model
         runner = StepRunner(net, workers)
         optimizer = make_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
-                                   executor=runner.pool, workers=workers)
+                                   executor=runner.pool, workers=workers, products=matmul.products)
         return model, runner, optimizer
 
     def _restore(self, state: dict[str, Any], new_end: int | None) -> None:
@@ -238,7 +236,7 @@ class TrainingRun:
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
         """This step's training batch: longer sequences of fewer rows in a --cooldown-windows cooldown (text data;
         Wikipedia streams sequences of one length)."""
-        rows, windows = step_shape(self.tc, self.step, self.horizon)
+        rows, windows = recipe.step_shape(self.tc, self.step, self.horizon)
         if windows == self.tc.seq_windows or not self.reshapes_cooldown():
             return self.data.batch("train", self.tc.batch_size, self.rng)
         return self.data.batch("train", rows, self.rng, seq_len=windows * self.config.context_len)
@@ -250,7 +248,7 @@ class TrainingRun:
         ranks = f"{dist.world} processes x " if dist.enabled else ""
         print(f"model: {tc.model} {self.config.num_params() / 1e6:.2f}M parameters | {tc.optimizer} {tc.schedule} "
               f"lr {tc.lr:g} | {ranks}{self.threads} threads | {dist.world * tc.batch_size} x {self.seq_len} = "
-              f"{self.tokens_per_step:,} tokens per step | out: {self.opts.out}", flush=True)
+              f"{self.tokens_per_step:,} tokens per step | matmul: {self.matmul} | out: {self.opts.out}", flush=True)
 
     def run(self) -> dict[str, Any]:
         """Train until the horizon, the time budget or a signal; evaluate, log and save every eval_interval."""

@@ -24,13 +24,15 @@ from concurrent.futures import Executor
 
 import torch
 
+from picogpt.train.matmul import BlasProducts
+
 # Quintic Newton-Schulz coefficients (Keller Jordan's Muon): pushes singular values towards ~1 in 5 steps.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 OPTIMIZERS = ("muon", "adamw")
 
 
-def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS, products: type = BlasProducts) -> torch.Tensor:
     """Approximate U V^T of each matrix of a [k, m, n] stack by Newton-Schulz, in fp32."""
     x = g.float()
     tall = x.size(-2) > x.size(-1)
@@ -38,37 +40,40 @@ def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
         x = x.mT
     # A wide matrix (n >= 2m: the QKV and MLP matrices, 3m and 4m) iterates on its m x m Gram matrix only.
     if x.size(-1) >= 2 * x.size(-2):
-        out = _newton_schulz_gram(x, steps)
+        out = _newton_schulz_gram(x, steps, products)
     else:
-        out = _newton_schulz(x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7), steps)
+        out = _newton_schulz(x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7), steps, products)
     return out.mT if tall else out
 
 
-def _newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """The reference iteration on X [k, m, n]: 2 m^2 n + m^3 multiply-adds a step."""
+def _newton_schulz(x: torch.Tensor, steps: int, products: type = BlasProducts) -> torch.Tensor:
+    """The reference iteration on X [k, m, n]: 2 m^2 n + m^3 multiply-adds a step. (G and the polynomial
+    are symmetric, so G G = G G^T and P X = P (X^T)^T: every product is an a @ b^T.)"""
     a, b, c = NS_COEFFS
+    mt, addmt = products.mt, products.addmt
     for _ in range(steps):
-        gram = x @ x.mT
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*G + c*G@G
-        x = torch.baddbmm(x, poly, x, beta=a)  # a*X + poly@X
+        gram = mt(x, x)
+        poly = addmt(gram, gram, gram, beta=b, alpha=c)  # b*G + c*G@G
+        x = addmt(x, poly, x.mT, beta=a)  # a*X + poly@X
     return x
 
 
-def _newton_schulz_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
+def _newton_schulz_gram(x: torch.Tensor, steps: int, products: type = BlasProducts) -> torch.Tensor:
     """The same iteration, on X scaled to unit norm, written on m x m matrices: X_k = Q_k X_0, so
     X_k X_k^T = Q_k G Q_k^T with G = X_0 X_0^T and Q_{k+1} = a Q_k + p(Q_k G Q_k^T) Q_k. 4 m^3 a step (the
     first, with Q = I, m^3) plus 2 m^2 n once: for the 256 x 1024 MLP matrices a third of the reference's work."""
     a, b, c = NS_COEFFS
-    g0 = x @ x.mT
+    mt, addmt = products.mt, products.addmt
+    g0 = mt(x, x)
     # X is normalised to unit Frobenius norm through G (whose trace is its square): m x m work, not a pass over X.
     norm = g0.diagonal(dim1=-2, dim2=-1).sum(-1).sqrt()[..., None, None] + 1e-7
     g0 = g0 / norm**2
     q = None
     for _ in range(steps):
-        gram = g0 if q is None else q @ g0 @ q.mT
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
-        q = poly + a * torch.eye(g0.size(-1), dtype=g0.dtype) if q is None else torch.baddbmm(q, poly, q, beta=a)
-    return (q / norm) @ x
+        gram = g0 if q is None else mt(mt(q, g0), q)  # Q G Q^T (G symmetric)
+        poly = addmt(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
+        q = poly + a * torch.eye(g0.size(-1), dtype=g0.dtype) if q is None else addmt(q, poly, q.mT, beta=a)
+    return mt(q / norm, x.mT)
 
 
 class Muon(torch.optim.Optimizer):
@@ -81,9 +86,9 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.95, weight_decay: float = 0.0,
-                 executor: Executor | None = None, workers: int = 1) -> None:
+                 executor: Executor | None = None, workers: int = 1, products: type = BlasProducts) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self.executor, self.workers = executor, workers
+        self.executor, self.workers, self.products = executor, workers, products
 
     @torch.no_grad()  # grad mode is per thread: the workers need it too
     def _update(self, params: list[torch.Tensor], group: dict) -> None:
@@ -94,7 +99,7 @@ class Muon(torch.optim.Optimizer):
         x = torch.empty((len(params), *params[0].shape), dtype=params[0].dtype)
         for g, buf, row in zip(grads, bufs, x):  # Nesterov, written straight into the stack
             torch.lerp(g, buf, group["momentum"], out=row)
-        u = orthogonalize(x)
+        u = orthogonalize(x, products=self.products)
         torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
         torch._foreach_add_(params, list(u.unbind(0)), alpha=-group["lr"] * 0.2 * math.sqrt(max(x.shape[1:])))
 
@@ -151,7 +156,7 @@ class Optimizers:
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
-                   executor: Executor | None = None, workers: int = 1) -> Optimizers:
+                   executor: Executor | None = None, workers: int = 1, products: type = BlasProducts) -> Optimizers:
     """`adamw` or `muon` over the model's parameters (see the module docstring for the split)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     # Muon takes the hidden matrices of the blocks; the tied embedding/head is not a hidden matrix.
@@ -163,7 +168,8 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
     # The fused CPU kernel updates every AdamW parameter in one pass (faster than foreach on CPU).
     optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)]
     if hidden:
-        optimizers.append(Muon(hidden, lr=lr, weight_decay=weight_decay, executor=executor, workers=workers))
+        optimizers.append(Muon(hidden, lr=lr, weight_decay=weight_decay, executor=executor, workers=workers,
+                               products=products))
     return Optimizers(optimizers)
 
 
