@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from picogpt.errors import PicoError, cli_errors, one_line_usage
+
 
 def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, threads: int, steps: int,
              warmup: int) -> float:
@@ -116,9 +118,11 @@ def newton_schulz_cost(preset: str, threads: int, repeats: int = 10) -> tuple[fl
 
 
 ENGINES = ["nanogpt", "picogpt", "picogpt-muon"]
+# picogpt engines on a forced matmul library (picogpt-train's --matmul); without a suffix they choose as it does
+FORCED = [f"{e}:{k}" for e in ENGINES[1:] for k in ("blas", "onednn")]
 
 
-@click.command()
+@click.command(cls=one_line_usage(click.Command))
 @click.option("--batch-size", default=12, show_default=True)
 @click.option("--seq-windows", default=10, show_default=True, help="Windows per sequence (picogpt engines).")
 @click.option("--model", "preset", default="base", show_default=True, help="Model preset.")
@@ -126,11 +130,12 @@ ENGINES = ["nanogpt", "picogpt", "picogpt-muon"]
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--tokens", default=60_000, show_default=True, help="Tokens timed per engine per round.")
 @click.option("--engines", default=",".join(ENGINES), show_default=True)
-@click.option("--engine", type=click.Choice(ENGINES), default=None, hidden=True)
+@click.option("--engine", type=click.Choice(ENGINES + FORCED), default=None, hidden=True)
 @click.option("--newton-schulz", "ns", is_flag=True,
               help="Only time Muon's Newton-Schulz for the preset's matrices, and the floor any orthogonalisation has.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the rounds, the medians and the machine as a result file (picogpt-bench report).")
+@cli_errors
 def main(batch_size: int, seq_windows: int, preset: str, threads: int, rounds: int, tokens: int, engines: str,
          engine: str | None, ns: bool, json_path: Path | None) -> None:
     """Compare training throughput (tokens/s), each engine in its own process, interleaved."""
@@ -146,6 +151,9 @@ def main(batch_size: int, seq_windows: int, preset: str, threads: int, rounds: i
         print(json.dumps({"tok_s": tok_s}))
         return
     results: dict[str, list[float]] = {name: [] for name in engines.split(",")}
+    unknown = [name for name in results if name not in ENGINES + FORCED]
+    if unknown:
+        raise PicoError(f"--engines: unknown engine {unknown[0]!r} (choose from {', '.join(ENGINES + FORCED)})")
     for r in range(rounds):
         for name in results:
             out = subprocess.run([sys.executable, "-m", "picogpt.bench.train_speed", "--engine", name,

@@ -8,6 +8,7 @@ Temperature 0 means greedy argmax.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ class SamplingConfig:
 
 
 LOGIT_LIMIT = 1e300
+NOISE_BLOCK = 1 << 15  # values of Gumbel noise drawn at once (256 KB)
 
 
 class Sampler:
@@ -53,6 +55,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.rng = np.random.default_rng(seed)
         self.seen: np.ndarray | None = None  # [B, V] bool, only kept when the penalty is on
+        self.noise, self.used = np.empty(0), 0  # Gumbel noise drawn ahead, and how much of it is spent
 
     def observe(self, ids: np.ndarray) -> None:
         """Record ids [B, T] (prompt or generated) for the repetition penalty."""
@@ -98,5 +101,16 @@ class Sampler:
             drop = np.zeros_like(drop_sorted)
             np.put_along_axis(drop, order, drop_sorted, axis=-1)
             logits = np.where(drop, -np.inf, logits)
-        gumbel = -np.log(-np.log(self.rng.random(logits.shape)))
-        return (logits + gumbel).argmax(axis=-1)
+        return (logits + self._gumbel(logits.shape)).argmax(axis=-1)
+
+    def _gumbel(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Gumbel noise of `shape`, taken from a block drawn ahead: one draw and one pair of logs per
+        NOISE_BLOCK values instead of per step. The generator fills a block in the order of the same values
+        drawn one step at a time, so a seed gives the same text either way."""
+        n = math.prod(shape)
+        if self.used + n > self.noise.size:
+            fresh = -np.log(-np.log(self.rng.random(max(n, NOISE_BLOCK))))
+            self.noise, self.used = np.concatenate([self.noise[self.used :], fresh]), 0
+        out = self.noise[self.used : self.used + n].reshape(shape)
+        self.used += n
+        return out

@@ -53,3 +53,16 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
 def test_nonsense_settings_rejected(cfg: SamplingConfig) -> None:
     with pytest.raises(PicoError):
         Sampler(cfg, V)
+
+
+def test_noise_drawn_ahead_gives_the_draws_of_one_step_at_a_time() -> None:
+    """The sampler takes its Gumbel noise from blocks drawn ahead; the ids must be those of drawing each step's
+    noise when it is needed (the reference), across block boundaries too (500 steps x 2 x 88 > a block)."""
+    from picogpt.sampling import NOISE_BLOCK
+
+    logits = np.random.default_rng(1).normal(size=(500, 2, 88)) * 3
+    sampler, rng = Sampler(SamplingConfig(temperature=0.7), 88, seed=7), np.random.default_rng(7)
+    assert logits.size > NOISE_BLOCK
+    for step in logits:
+        ref = (step / 0.7 - np.log(-np.log(rng.random(step.shape)))).argmax(axis=-1)
+        np.testing.assert_array_equal(sampler.sample(step), ref)
