@@ -200,6 +200,12 @@ class OnnxDecoder:
     def feed(self, ids: np.ndarray, state: StreamState) -> np.ndarray:
         """Feed ids [B, T] (T >= 1) after `state` (updated in place); return logits [B, V]."""
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape[1] == 1 and 0 < state.pos < self.config.n_positions:
+            # one id inside a window, most of decoding: the single chunk plan_chunks gives, without planning
+            logits, hsum = state.cache.run(ids, state.context, state.pos)
+            state.hidden_sum, state.pos = state.hidden_sum + hsum, state.pos + 1
+            state.recent = keep_recent(state.recent, ids, self.overlap, _cat)
+            return logits
         logits = None
         for chunk in plan_chunks(state.pos, ids.shape[1], self.config.context_len, self.overlap):
             if chunk.roll_over:
