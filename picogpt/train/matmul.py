@@ -130,7 +130,7 @@ def choose(kernel: str, config: GPTConfig, rows: int) -> Choice:
 
 
 def use_kernel(model: torch.nn.Module, kernel: Callable | None) -> None:
-    """Every linear of `model` (lm_head included) computes with `kernel`; None restores torch's matmul."""
+    """Every block linear of `model` computes with `kernel`; None restores torch's matmul."""
     for m in model.modules():
         if isinstance(m, Linear):
             m.kernel = kernel
