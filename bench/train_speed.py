@@ -36,14 +36,14 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
     torch.manual_seed(0)
     cfg = PRESETS[preset].config()
     model = GPT(cfg)
+    n = seq_windows * cfg.context_len
+    idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
+    tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
     if engine == "nanogpt":
         for m in model.modules():
             if type(m) is Linear:
                 m.__class__ = nn.Linear  # nanoGPT's plain addmm linears
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=False)
-        n = seq_windows * cfg.context_len
-        idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
-        tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
 
         def loss_fn() -> torch.Tensor:
             hidden, _ = model.run_blocks(model.transformer.wte(idx), 0)
@@ -51,21 +51,17 @@ def _measure(engine: str, preset: str, batch_size: int, seq_windows: int, thread
             return nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
     else:
         from picogpt.train.malloc import keep_heap_memory
+        from picogpt.train.matmul import choose, use_kernel
         from picogpt.train.runner import StepRunner
 
         keep_heap_memory()
         torch.set_num_threads(1)  # threads become data-parallel workers, as picogpt-train does
-        from picogpt.train.matmul import choose, use_kernel
-
         chosen = choose(matmul or "auto", cfg, batch_size // threads * seq_windows * cfg.context_len)
         use_kernel(model, chosen.linear)
         runner = StepRunner(model, threads)
         name = "muon" if engine == "picogpt-muon" else "adamw"
         optimizer = make_optimizer(model, name, 1e-3, 0.1, (0.9, 0.99), executor=runner.pool, workers=threads,
                                    products=chosen.products)
-        n = seq_windows * cfg.context_len
-        idx = torch.randint(0, cfg.vocab_size, (batch_size, n))
-        tgt = torch.randint(0, cfg.vocab_size, (batch_size, n))
 
         def loss_fn() -> torch.Tensor:
             runner(idx, tgt)

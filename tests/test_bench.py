@@ -117,6 +117,17 @@ def test_train_speed_compares_optimizers_and_times_newton_schulz(tmp_path: Path)
     assert 0 < floor < full  # five iterations cost more than the two products every orthogonalisation needs
 
 
+def test_train_speed_times_a_forced_matmul_library_and_refuses_unknown_engines() -> None:
+    proc = run_cli("picogpt.bench.train_speed", "--engines", "picogpt-muon:blas,picogpt-muon:onednn", "--rounds",
+                   "1", "--model", "pico", "--batch-size", "2", "--seq-windows", "2", "--tokens", "500",
+                   "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "picogpt-muon:blas " in proc.stdout.splitlines()[-1] and "picogpt-muon:onednn " in proc.stdout
+    proc = run_cli("picogpt.bench.train_speed", "--engines", "picogpt,picogpt:mkl", "--rounds", "1")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --engines: unknown engine 'picogpt:mkl'") and proc.stderr.count("\n") == 1
+
+
 def test_window_gain_standard_error_matches_a_sequence_at_a_time_reference(random_model) -> None:
     """The streamed scorer's per-sequence sums and the gain's standard error, against scoring each sequence
     alone (with equal sequences the ratio estimator's error is the plain standard error of their gains)."""
