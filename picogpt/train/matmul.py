@@ -1,11 +1,11 @@
-"""The training linears' matmuls on oneDNN, when it is the faster of the two fp32 libraries torch carries.
+"""Training's fp32 matmuls on oneDNN, when it is the faster of the two libraries torch carries.
 
 torch multiplies fp32 matrices with MKL. MKL picks its kernels by CPU vendor: on a CPU that is not Intel's
-it runs generic code, about half the speed of its AVX-512 kernels on an AMD Zen 4 or 5. oneDNN, also inside
-torch, picks kernels by the instructions the CPU has. Training times both on the model's largest linear
-(one worker's rows) before the first step and keeps the faster, so a CPU where MKL is fast loses nothing.
+it runs generic code, which on an AMD Zen 5 reaches less than half of what oneDNN, also inside torch, reaches
+there (oneDNN picks kernels by the instructions the CPU has). Training times both on the model's largest
+linear (one worker's rows) before the first step and keeps the faster for the blocks' linears and Muon's
+Newton-Schulz products, so a CPU where MKL is fast loses nothing.
 """
-
 from __future__ import annotations
 
 import time
@@ -19,6 +19,7 @@ from picogpt.errors import PicoError
 from picogpt.model import Linear
 
 KERNELS = ("auto", "blas", "onednn")
+PROBE_ROWS = 4096  # enough rows to time the steady-state kernels; a big batch's probe stays a fraction of a second
 _pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
@@ -86,12 +87,12 @@ def _best_seconds(fn: Callable[[], torch.Tensor], budget: float = 0.03) -> float
 
 
 def probe(config: GPTConfig, rows: int) -> tuple[float, float] | None:
-    """(MKL's, oneDNN's) seconds for one MLP-sized product of `rows` rows, best of a few; None when this
-    torch has no oneDNN linear or it disagrees with MKL."""
+    """(MKL's, oneDNN's) seconds for one MLP-sized product of `rows` rows (at most PROBE_ROWS), best of a few;
+    None when this torch has no oneDNN linear or it disagrees with MKL."""
     if _pointwise is None:
         return None
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, config.n_embd, generator=gen)
+    x = torch.randn(min(rows, PROBE_ROWS), config.n_embd, generator=gen)
     w = torch.randn(4 * config.n_embd, config.n_embd, generator=gen)
     try:
         fast = onednn_mm_t(x, w)
