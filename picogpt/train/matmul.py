@@ -6,6 +6,7 @@ there (oneDNN picks kernels by the instructions the CPU has). Training times bot
 linear (one worker's rows) before the first step and keeps the faster for the blocks' linears and Muon's
 Newton-Schulz products, so a CPU where MKL is fast loses nothing.
 """
+
 from __future__ import annotations
 
 import time
