@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from picogpt.system import cpu_flags, cpu_model, physical_cores
@@ -34,17 +35,28 @@ def machine_report() -> dict:
     return {"cpu": cpu_model(), "isa": isa, "caches": caches, "text": text}
 
 
-def busy_report(use_load: bool = True) -> str:
+def running_now() -> int:
+    """Runnable processes on the machine right now (this one included), from /proc/stat."""
+    try:
+        return int(next(ln.split()[1] for ln in Path("/proc/stat").read_text().splitlines()
+                        if ln.startswith("procs_running")))
+    except (OSError, StopIteration, ValueError):
+        return 1
+
+
+def busy_report(use_load: bool = True, samples: int = 10, interval: float = 0.05) -> str:
     """Non-empty when other processes are running: OpenMP spinning then wrecks 2-thread torch figures.
 
-    `use_load=False` ignores the load average (right after our own previous run it is still high)."""
-    try:
-        running = int(next(ln.split()[1] for ln in Path("/proc/stat").read_text().splitlines()
-                           if ln.startswith("procs_running")))
-    except (OSError, StopIteration, ValueError):
-        running = 1
+    A neighbour counts when it is runnable in every one of `samples` looks `interval` s apart: one look
+    also catches short blips (a `ps`, a kernel worker) and marked quiet runs busy. `use_load=False` ignores
+    the load average (right after our own previous run it is still high)."""
+    others = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        others.append(running_now() - 1)  # - this process
+    steady = min(others)
     load1 = os.getloadavg()[0]
-    others = running - 1  # this process
-    if others >= 1 or (use_load and load1 > 0.7):
-        return f"load average {load1:.2f}, {others} other runnable process(es)"
+    if steady >= 1 or (use_load and load1 > 0.7):
+        return f"load average {load1:.2f}, {steady} other runnable process(es)"
     return ""

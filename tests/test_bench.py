@@ -206,3 +206,24 @@ def test_llamacpp_gguf_matches_torch_on_the_first_window(random_model, tmp_path:
         logits = decoder.feed(np.array([[1 + i % 50]]), state)
         assert logits.shape == (1, random_model.config.vocab_size) and 0 < state.pos <= n
     decoder.close()
+
+
+def test_busy_report_ignores_blips_and_names_a_steady_neighbour(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from picogpt.bench import system_info
+
+    looks = iter([1, 3, 1, 1, 2, 1])  # a `ps` or a kernel worker seen in two of six looks: not a neighbour
+    with monkeypatch.context() as m:
+        m.setattr(system_info, "running_now", lambda: next(looks))
+        assert system_info.busy_report(use_load=False, samples=6, interval=0) == ""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        report = system_info.busy_report(use_load=False)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert "other runnable process" in report and not report.split(", ")[1].startswith("0 ")
