@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from picogpt.bench import system_info
 from picogpt.windows import window_spans
 
 
@@ -209,12 +213,6 @@ def test_llamacpp_gguf_matches_torch_on_the_first_window(random_model, tmp_path:
 
 
 def test_busy_report_ignores_blips_and_names_a_steady_neighbour(monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-    import sys
-    import time
-
-    from picogpt.bench import system_info
-
     looks = iter([1, 3, 1, 1, 2, 1])  # a `ps` or a kernel worker seen in two of six looks: not a neighbour
     with monkeypatch.context() as m:
         m.setattr(system_info, "running_now", lambda: next(looks))
